@@ -1,0 +1,49 @@
+# pnca-book. On a fresh machine: `make book` or `make test`; both create .venv and install first.
+#
+#   make book [SIZE=ci|default|full]  execute every chapter headless into build/
+#   make test                         run all tests (the book's chapters included)
+#   make notebooks                    plain notebooks (no outputs) in build/notebooks/ for Jupyter
+#   make site                         HTML of the executed chapters in build/site/ (after make book)
+#   make clean / make distclean       remove build/ / build/ and .venv
+
+PYTHON ?= python3
+SIZE ?= default
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test book notebooks site clean distclean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to the versions the project is tested with; the rest comes from pyproject.toml.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+book: setup
+	$(PY) -m pnca_utils.book --size $(SIZE) --out $(BUILD)
+
+notebooks: setup
+	mkdir -p $(BUILD)/notebooks
+	for chapter in book/[0-9][0-9]_*.py; do \
+	  $(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/notebooks/$$(basename $$chapter .py).ipynb $$chapter \
+	  || exit 1; \
+	done
+
+site: setup
+	$(PY) -m pnca_utils.book --site --out $(BUILD)
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,201 @@
+"""Run the book headless: every chapter `book/NN_*.py` (py:percent) becomes a notebook executed by papermill.
+
+    python -m pnca_utils.book [--size ci|default|full] [--out build] [--only NN ...] [--solutions] [--site]
+
+Executed notebooks go to OUT/NN_name.ipynb; chapters write their figures to OUT/figures/ and their
+numbers to OUT/results/NN.json. `--site` renders the executed notebooks as HTML in OUT/site/ instead.
+
+The kernel is always the interpreter running this module: a kernel spec for `sys.executable` is
+written to a temporary folder put first on JUPYTER_PATH while a chapter runs, so neither a user's
+kernels nor a missing `ipykernel install` can change which Python executes the book.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .config import SIZES
+
+BOOK_DIR = Path(__file__).resolve().parents[1] / "book"
+KERNEL_NAME = "pnca-book"
+KERNEL_ENV = {
+    "TQDM_DISABLE": "1",  # tqdm >= 4.66 reads TQDM_<ARG> as defaults: no progress bars in notebook outputs
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # silences debugpy's frozen-modules warning on Python 3.11+
+}
+
+
+class BookError(RuntimeError):
+    """The book cannot be run or rendered; the message says why in one line."""
+
+
+class ChapterError(BookError):
+    """A chapter failed to execute; the message names it in one line."""
+
+
+def chapters(book_dir: Path | str = BOOK_DIR) -> list[Path]:
+    """The chapter sources `NN_*.py` of `book_dir`, in order."""
+    return sorted(Path(book_dir).glob("[0-9][0-9]_*.py"))
+
+
+def to_notebook(path: Path | str):
+    """The chapter at `path` (py:percent) as an nbformat notebook without outputs."""
+    import jupytext
+
+    return jupytext.read(path, fmt="py:percent")
+
+
+@contextmanager
+def private_kernel() -> Iterator[str]:
+    """Yield the name of a kernel spec running `sys.executable`, visible through JUPYTER_PATH meanwhile."""
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (pnca-book)",
+            "language": "python", "env": KERNEL_ENV, "metadata": {"supported_encryption": ["curve"]}}
+    old = os.environ.get("JUPYTER_PATH")
+    with tempfile.TemporaryDirectory(prefix="pnca-kernel-") as tmp:
+        folder = Path(tmp) / "kernels" / KERNEL_NAME
+        folder.mkdir(parents=True)
+        (folder / "kernel.json").write_text(json.dumps(spec, indent=1))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([tmp] + ([old] if old else []))
+        try:
+            yield KERNEL_NAME
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
+
+
+def _client_config():
+    """Kernel-manager settings: CurveZMQ encryption of the kernel's sockets where pyzmq supports it."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
+
+
+def _first_line(text) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def execute_chapter(path: Path | str, out_dir: Path | str, parameters: dict | None = None) -> Path:
+    """Execute one chapter into `out_dir`/NN_name.ipynb and return that path; raise ChapterError if it fails.
+
+    `out_dir` is injected as the chapter's `out_dir` parameter (absolute) unless `parameters` sets it;
+    the kernel runs in `out_dir`.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    path, out_dir = Path(path), Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{path.stem}.ipynb"
+    parameters = {"out_dir": str(out_dir), **(parameters or {})}
+    try:
+        with private_kernel() as kernel:
+            papermill.execute_notebook(to_notebook(path), str(output), parameters=parameters, kernel_name=kernel,
+                                       language="python", progress_bar=False, cwd=str(out_dir),
+                                       config=_client_config())
+    except PapermillExecutionError as err:
+        raise ChapterError(f"chapter {path.stem} failed in cell [{err.exec_count}]: {err.ename}: "
+                           f"{_first_line(err.evalue)} (see {output})") from err
+    except Exception as err:  # kernel died, timed out, could not start, bad notebook
+        raise ChapterError(f"chapter {path.stem} failed: {type(err).__name__}: {_first_line(err)}") from err
+    return output
+
+
+def run_book(size: str = "default", out_dir: Path | str = "build", only: list[str] | None = None,
+             solutions: bool = False, book_dir: Path | str = BOOK_DIR) -> dict[str, float]:
+    """Execute the chapters in order (those numbered in `only`, if given); return seconds per chapter.
+
+    Stops at the first failing chapter by raising ChapterError; raises BookError if a chapter is missing.
+    """
+    found = chapters(book_dir)
+    only = None if only is None else [n.zfill(2) for n in only]
+    selected = [p for p in found if only is None or p.name[:2] in only]
+    missing = sorted(set(only or ()) - {p.name[:2] for p in selected})
+    if not found or missing:
+        raise BookError(f"no chapter {'numbered ' + ', '.join(missing) if missing else 'NN_*.py'} in {book_dir}")
+    parameters = {"size": size, **({"solutions": True} if solutions else {})}
+    seconds = {}
+    for n, path in enumerate(selected, 1):
+        print(f"[{n}/{len(selected)}] {path.stem} ...", end=" ", flush=True)
+        start = time.perf_counter()
+        try:
+            execute_chapter(path, out_dir, parameters)
+        finally:
+            seconds[path.stem] = time.perf_counter() - start
+            print(f"{seconds[path.stem]:.1f} s", flush=True)
+    return seconds
+
+
+def _chapter_title(nb, fallback: str) -> str:
+    """The first markdown heading of a notebook, without its hashes."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return fallback
+
+
+def render_site(out_dir: Path | str = "build") -> Path:
+    """Render the executed notebooks OUT/NN_*.ipynb as HTML in OUT/site/ with an index page; return the index."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    out_dir = Path(out_dir)
+    notebooks = sorted(out_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise BookError(f"no executed chapters in {out_dir}; run `make book` (python -m pnca_utils.book) first")
+    site = out_dir / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(template_name="lab", embed_images=True)  # figures are inline base64 outputs
+    items = []
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        body, _ = exporter.from_notebook_node(nb)
+        (site / f"{path.stem}.html").write_text(body, encoding="utf-8")
+        title = html.escape(_chapter_title(nb, path.stem))
+        items.append(f'<li><a href="{path.stem}.html">{title}</a></li>')
+    index = site / "index.html"
+    index.write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>pnca-book</title></head>\n"
+                     "<body><h1>pnca-book</h1>\n<ul>\n" + "\n".join(items) + "\n</ul>\n</body></html>\n",
+                     encoding="utf-8")
+    return index
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pnca_utils.book", description="Execute the book's chapters headless.")
+    p.add_argument("--size", default="default", choices=SIZES, help="compute budget of every chapter")
+    p.add_argument("--out", default="build", help="folder for executed notebooks, figures/ and results/")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these chapters, e.g. --only 00 03")
+    p.add_argument("--solutions", action="store_true", help="also execute the exercises' solutions")
+    p.add_argument("--site", action="store_true", help="render the executed notebooks in --out as HTML only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.site:
+            print(f"site: {render_site(args.out)}")
+            return 0
+        seconds = run_book(args.size, args.out, args.only, args.solutions)
+    except BookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"total {sum(seconds.values()):.1f} s for {len(seconds)} chapter(s); notebooks in {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

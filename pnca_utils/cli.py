@@ -1,0 +1,96 @@
+"""Command line: `python -m pnca_utils train|evaluate ...`, the same code the chapters call."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import DATASETS, METHOD_PRESETS, SIZE_PRESETS, Config, ConfigError, make_config, parse_overrides
+from .data import DataError
+from .training import TrainingError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes print one `error: ...` line, like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: embedded; evaluate: the checkpoint's)")
+    p.add_argument("--data-root", help="folder holding a real data set (nothing is downloaded; "
+                                       "evaluate: default the checkpoint's)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json (and history, checkpoint)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the config's, cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="python -m pnca_utils", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a method and write metrics.json")
+    _common(train)
+    train.add_argument("--preset", default="proxynca++", help=f"one of {', '.join(METHOD_PRESETS)}")
+    train.add_argument("--size", default="default", help=f"one of {', '.join(SIZE_PRESETS)}")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint and write metrics.json")
+    _common(ev)
+    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
+    return top
+
+
+def _train(args) -> dict:
+    from .training import fit
+
+    overrides = parse_overrides(args.set)
+    for key in ("epochs", "seed", "device", "dataset", "data_root"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    config = make_config(args.preset, args.size, **overrides)
+    return fit(config, out_dir=args.out, progress=not args.quiet).metrics
+
+
+def _evaluate(args) -> dict:
+    import torch
+
+    from .training import _write_json, build, evaluate_model, prepare
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train first (python -m pnca_utils train)")
+    started = time.perf_counter()
+    given = {"dataset": args.dataset, "data_root": args.data_root, "device": args.device}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = Config(**{**state["config"], "weights": None, **{k: v for k, v in given.items() if v is not None}})
+    except Exception as err:  # not a checkpoint, or a damaged one
+        raise TrainingError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); train again") from None
+    config.validate()
+    train_data, eval_data = prepare(config)  # the split the run was evaluated on
+    model, _ = build(config, train_data.num_channels, train_data.num_train_classes)
+    model.load_state_dict(state["model"])
+    metrics = evaluate_model(model, eval_data, config.device, config.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json({**metrics, "config": config.to_dict(), "seconds": time.perf_counter() - started}, out / "metrics.json")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        metrics = {"train": _train, "evaluate": _evaluate}[args.command](args)
+    except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+        print(f"error: {err}".replace("\n", " "), file=sys.stderr)  # one line
+        return 2
+    print(json.dumps({k: round(v, 2) for k, v in metrics.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""One config with a named switch per ProxyNCA++ enhancement, method presets and size presets."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+DATASETS = ("embedded", "cub", "cars", "sop", "inshop", "folder")
+METHODS = ("proxynca", "nca", "triplet", "npair")
+SIZES = ("ci", "default", "full")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what is allowed."""
+
+
+def _is_number(value, low: float, strict: bool = False) -> bool:
+    """A finite int or float (not a bool) above `low` (strict) or at least `low`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > low if strict else value >= low
+
+
+@dataclass
+class Config:
+    """Everything a training run depends on. Defaults are ProxyNCA++ on the embedded set."""
+
+    # data
+    dataset: str = "embedded"
+    data_root: str | None = None
+    image_size: int = 48
+    # model
+    arch: str = "small_cnn"
+    weights: str | None = "auto"  # small_cnn: 'auto' = pretrained on the source task; resnet50: a local file
+    embedding_dim: int = 64
+    pooling: str = "max"
+    layernorm: bool = True
+    # loss
+    method: str = "proxynca"
+    temperature: float = 1 / 9
+    positive_in_denominator: bool = True
+    margin: float = 0.2
+    # optimisation: Adam with parameter groups backbone / embedding / proxies
+    lr: float = 4e-3
+    embedding_lr: float = 4e-3
+    proxy_lr: float | None = 4e2  # None: the backbone's lr (no fast-moving proxies)
+    adam_eps: float = 1.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "none"  # none | step | cosine
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0  # epochs with the backbone frozen
+    grad_clip: float | None = None
+    epochs: int = 8
+    # batches
+    sampler: str = "balanced"  # balanced (C classes × m images) | random
+    batch_size: int = 32
+    images_per_class: int = 4
+    # evaluation and run
+    eval_split: str = "test"  # test | val (classes held out of the training classes)
+    val_fraction: float = 0.2
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+
+    def validate(self) -> "Config":
+        """Raise ConfigError naming the first invalid field; return self when all is well."""
+        choices = {"dataset": DATASETS, "method": METHODS, "arch": ("small_cnn", "resnet50"),
+                   "pooling": ("max", "avg"), "sampler": ("balanced", "random"),
+                   "lr_schedule": ("none", "step", "cosine"), "eval_split": ("test", "val")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        positive = ("temperature", "lr", "embedding_lr", "adam_eps", "image_size",
+                    "embedding_dim", "epochs", "batch_size", "images_per_class", "eval_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not _is_number(value, 0, strict=True):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be between 0 and epochs={self.epochs}")
+        for name in ("proxy_lr", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value, 0, strict=True):
+                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+        for name in ("margin", "weight_decay"):
+            if not _is_number(getattr(self, name), 0):
+                raise ConfigError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
+        if not _is_number(self.lr_gamma, 0, strict=True):
+            raise ConfigError(f"lr_gamma must be a positive number, got {self.lr_gamma!r}")
+        for name in ("seed", "num_workers"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.sampler == "balanced" and self.batch_size % self.images_per_class:
+            raise ConfigError(f"batch_size={self.batch_size} is not divisible by images_per_class="
+                              f"{self.images_per_class}; a balanced batch is classes × images per class")
+        if self.method == "npair" and (self.sampler != "balanced" or self.images_per_class != 2):
+            raise ConfigError("method 'npair' needs sampler='balanced' and images_per_class=2")
+        if self.dataset != "embedded" and self.data_root is None:
+            raise ConfigError(f"dataset {self.dataset!r} needs data_root: the folder you put it in")
+        return self
+
+    @property
+    def classes_per_batch(self) -> int:
+        return self.batch_size // self.images_per_class
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The paper's switches. 'proxynca' is the original (Movshovitz-Attias et al. 2017);
+# 'proxynca++' adds every enhancement of Teh et al. (2020).
+METHOD_PRESETS: dict[str, dict] = {
+    "proxynca++": dict(method="proxynca", temperature=1 / 9, positive_in_denominator=True, pooling="max",
+                       layernorm=True, proxy_lr=4e2, sampler="balanced"),
+    "proxynca": dict(method="proxynca", temperature=1.0, positive_in_denominator=False, pooling="avg",
+                     layernorm=False, proxy_lr=None, sampler="random"),
+    "nca": dict(method="nca", temperature=1 / 9, sampler="balanced"),
+    "triplet": dict(method="triplet", sampler="balanced"),
+    "npair": dict(method="npair", sampler="balanced", images_per_class=2),
+}
+
+# Compute budgets for the embedded set on a CPU; 'full' is the largest image size.
+SIZE_PRESETS: dict[str, dict] = {
+    "ci": dict(epochs=2, image_size=32),
+    "default": dict(epochs=8, image_size=48),
+    "full": dict(epochs=16, image_size=64),
+}
+
+
+def _coerce(name: str, text: str):
+    """Turn a `key=value` string into the type of Config field `name`."""
+    kinds = {f.name: f.type for f in fields(Config)}
+    if name not in kinds:
+        raise ConfigError(f"unknown config key {name!r}; known keys: {', '.join(sorted(kinds))}")
+    kind = str(kinds[name])
+    low = text.strip().lower()
+    if low in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            if "/" in text:  # allow 1/9
+                num, den = text.split("/")
+                return float(num) / float(den)
+            return float(text)
+        if kind.startswith("tuple"):
+            return tuple(int(v) for v in text.split(",") if v.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{name}={text!r} is not a valid {kind}") from None
+    return text.strip()
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """Parse ['key=value', ...] (the CLI's --set) into typed overrides."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _coerce(key.strip(), value)
+    return out
+
+
+def make_config(preset: str = "proxynca++", size: str = "default", **overrides) -> Config:
+    """A validated Config: defaults, then the size preset, then the method preset, then overrides."""
+    if preset not in METHOD_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(METHOD_PRESETS)}")
+    if size not in SIZE_PRESETS:
+        raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZE_PRESETS)}")
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    values = {**SIZE_PRESETS[size], **METHOD_PRESETS[preset], **overrides}
+    return Config(**values).validate()

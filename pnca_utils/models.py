@@ -1,0 +1,82 @@
+"""Embedding networks: a backbone's feature map, global pooling, optional LayerNorm, a linear embedding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks (conv-BN-ReLU ×2, then 2×2 max-pool except after the last); returns a feature map."""
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128)):
+        super().__init__()
+        layers, c = [], in_channels
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.out_channels = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def resnet50_backbone(weights_path: str | Path | None = None) -> nn.Module:
+    """torchvision ResNet-50 up to its last conv block; ImageNet weights only from a local file."""
+    from torchvision.models import resnet50
+
+    net = resnet50(weights=None)
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ResNet-50 weights not found at {path}. Nothing is downloaded: put torchvision's "
+                "resnet50 ImageNet state dict (e.g. resnet50-0676ba61.pth) there, or pass no weights.")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    body.out_channels = 2048
+    return body
+
+
+class EmbeddingNet(nn.Module):
+    """backbone → global max/avg pooling → LayerNorm without affine (optional) → linear embedding."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int, pooling: str = "max", layernorm: bool = True):
+        super().__init__()
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', not {pooling!r}")
+        self.backbone, self.pooling = backbone, pooling
+        width = backbone.out_channels
+        self.norm = nn.LayerNorm(width, elementwise_affine=False) if layernorm else nn.Identity()
+        self.embedding = nn.Linear(width, embedding_dim)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.amax(dim=(2, 3)) if self.pooling == "max" else fmap.mean(dim=(2, 3))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled (and normalised) backbone features: the space HDML's generator maps back to."""
+        return self.norm(self.pool(self.backbone(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.features(x))
+
+
+def build_model(arch: str, in_channels: int, embedding_dim: int, pooling: str, layernorm: bool,
+                weights: str | Path | None = None) -> EmbeddingNet:
+    """An EmbeddingNet on 'small_cnn' (weights: a pretrained backbone state dict) or 'resnet50'."""
+    if arch == "small_cnn":
+        backbone = SmallCNN(in_channels)
+        if weights is not None:
+            backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    elif arch == "resnet50":
+        if in_channels != 3:
+            raise ValueError(f"resnet50 needs 3-channel images, the data set has {in_channels}")
+        backbone = resnet50_backbone(weights)
+    else:
+        raise ValueError(f"unknown model {arch!r}; choose 'small_cnn' or 'resnet50'")
+    return EmbeddingNet(backbone, embedding_dim, pooling, layernorm)

@@ -1,0 +1,268 @@
+"""`fit`: the one training loop behind the chapters and the CLI."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import losses
+from .config import Config, ConfigError
+from .data import RetrievalData, load_data
+from .data.base import split_classes
+from .metrics import evaluate, recall_at_k
+from .models import EmbeddingNet, build_model
+from .samplers import make_batch_sampler
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where."""
+
+
+@dataclass
+class FitResult:
+    model: EmbeddingNet
+    proxies: torch.Tensor | None
+    history: dict
+    metrics: dict
+    config: Config
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, dataset, batch_size: int = 256, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised embeddings of a whole data set (eval mode), and its labels."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out = torch.cat([model(x.to(device)).float().cpu() for x, _ in loader])
+    model.train(was_training)
+    return F.normalize(out, dim=1), torch.as_tensor(np.asarray(dataset.labels))
+
+
+def evaluate_model(model: nn.Module, data: RetrievalData, device: str = "cpu", seed: int = 0) -> dict:
+    """Every retrieval metric of `model` on the test classes, in percent."""
+    gallery, gallery_labels = embed(model, data.test, device=device)
+    if data.query is None:
+        return evaluate(gallery, gallery_labels, data.recall_ks, seed=seed)
+    query, query_labels = embed(model, data.query, device=device)
+    return evaluate(gallery, gallery_labels, data.recall_ks, query, query_labels, seed=seed)
+
+
+def _recall_at_1(model: nn.Module, data: RetrievalData, device: str = "cpu") -> float:
+    """R@1 in percent, searched as `evaluate_model` does (queries in the gallery when there are queries)."""
+    gallery, gallery_labels = embed(model, data.test, device=device)
+    if data.query is None:
+        return 100 * recall_at_k(gallery, gallery_labels, [1])[1]
+    query, query_labels = embed(model, data.query, device=device)
+    return 100 * recall_at_k(gallery, gallery_labels, [1], query, query_labels)[1]
+
+
+def _loss(config: Config, emb: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor | None) -> torch.Tensor:
+    """The configured metric loss of one batch."""
+    if config.method == "proxynca":
+        return losses.proxy_nca_loss(emb, labels, proxies, config.temperature, config.positive_in_denominator)
+    if config.method == "nca":
+        return losses.nca_loss(emb, labels, config.temperature)
+    if config.method == "triplet":
+        return losses.triplet_loss(emb, labels, margin=config.margin)
+    return losses.npair_loss_from_batch(emb, labels)
+
+
+def _optimizer(config: Config, model: EmbeddingNet, proxies: torch.Tensor | None) -> torch.optim.Adam:
+    """Adam with three parameter groups: backbone, embedding layer, proxies (their own, fast, lr)."""
+    groups = [{"params": list(model.backbone.parameters()), "lr": config.lr, "name": "backbone"},
+              {"params": list(model.embedding.parameters()), "lr": config.embedding_lr, "name": "embedding"}]
+    if proxies is not None:
+        groups.append({"params": [proxies], "lr": config.proxy_lr or config.lr, "name": "proxies"})
+    return torch.optim.Adam(groups, eps=config.adam_eps, weight_decay=config.weight_decay)
+
+
+def _scheduler(config: Config, optimizer: torch.optim.Optimizer):
+    if config.lr_schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def _grad_norm(params) -> float:
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """Write to a temporary file, then rename: a crash mid-write leaves the old file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def prepare(config: Config, data: RetrievalData | None = None) -> tuple[RetrievalData, RetrievalData]:
+    """(data to train on, data to evaluate on): the test classes, or held-out training classes."""
+    data = data if data is not None else load_data(config.dataset, config.data_root, config.image_size)
+    if config.eval_split == "test":
+        return data, data
+    try:
+        train, val = split_classes(data.train, config.val_fraction, config.seed)
+    except ValueError as err:
+        raise ConfigError(f"eval_split='val': {err}") from None
+    split = RetrievalData(f"{data.name}-val", train, val, data.recall_ks)
+    return split, split
+
+
+def build(config: Config, num_channels: int, num_classes: int) -> tuple[EmbeddingNet, nn.Parameter | None]:
+    """The model and, for proxy methods, one proxy per training class, initialised from the seed."""
+    weights = config.weights
+    if config.arch == "small_cnn" and weights == "auto":
+        if num_channels != 1:
+            raise ConfigError(f"weights='auto' is a small CNN pretrained on 1-channel digits; this data set has "
+                              f"{num_channels} channels: set weights=None, or arch=resnet50 with a weights file")
+        from .pretrain import pretrained_backbone
+
+        weights = pretrained_backbone()
+    elif weights == "auto":
+        weights = None
+    seed_everything(config.seed)
+    model = build_model(config.arch, num_channels, config.embedding_dim, config.pooling, config.layernorm, weights)
+    proxies = nn.Parameter(torch.randn(num_classes, config.embedding_dim) / 8) if config.method == "proxynca" else None
+    return model.to(config.device), proxies
+
+
+def _check_resumable(saved: dict, config: Config, epoch: int, path: Path) -> None:
+    """A checkpoint resumes `config` if only `epochs` differs (and the schedule does not depend on it)."""
+    ignore = {"epochs"} if config.lr_schedule != "cosine" else set()
+    current = config.to_dict()
+    if saved.keys() != current.keys() or any(saved[k] != v for k, v in current.items() if k not in ignore):
+        raise TrainingError(f"{path} was written by another config; use another --out or delete it")
+    if epoch > config.epochs:
+        raise TrainingError(f"{path} has {epoch} epochs, more than the {config.epochs} asked for; "
+                            "use another --out or delete it")
+
+
+def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path | None = None,
+        progress: bool = True, resume: bool = True) -> FitResult:
+    """Train `config` and evaluate it; with `out_dir`, checkpoint each epoch, resume, write metrics.json."""
+    config.validate()
+    started = time.perf_counter()
+    train_data, eval_data = prepare(config, data)
+    model, proxies = build(config, train_data.num_channels, train_data.num_train_classes)
+    if proxies is not None:
+        proxies.data = proxies.data.to(config.device)
+    optimizer = _optimizer(config, model, proxies)
+    scheduler = _scheduler(config, optimizer)
+    try:
+        batches = make_batch_sampler(train_data.train.labels, config.sampler, config.batch_size,
+                                     config.images_per_class, config.seed)
+    except ValueError as err:
+        raise ConfigError(f"{err} (training set: {len(train_data.train)} images, "
+                          f"{train_data.num_train_classes} classes)") from None
+    if len(batches) == 0:
+        raise ConfigError(f"batch_size={config.batch_size} is larger than the training set "
+                          f"({len(train_data.train)} images)")
+    loader = DataLoader(train_data.train, batch_sampler=batches, num_workers=config.num_workers)
+    history = {"epochs": [], "steps": []}
+    out = Path(out_dir) if out_dir is not None else None
+    start_epoch, metrics = 0, None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = out / "checkpoint.pt"
+        if resume and ckpt.exists():
+            state = torch.load(ckpt, map_location=config.device, weights_only=True)
+            _check_resumable(state["config"], config, state["epoch"], ckpt)
+            model.load_state_dict(state["model"])
+            if proxies is not None:
+                proxies.data.copy_(state["proxies"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            history, start_epoch = state["history"], state["epoch"]
+
+    for epoch in range(start_epoch, config.epochs):
+        frozen = epoch < config.warmup_epochs
+        model.train()
+        for p in model.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            model.backbone.eval()
+        batches.set_epoch(epoch)
+        t0, epoch_losses = time.perf_counter(), []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(config.device), y.to(config.device)
+            emb = model(x)
+            emb.retain_grad()
+            loss = _loss(config, emb, y, proxies)
+            if not torch.isfinite(loss):
+                kept = f"{out / 'checkpoint.pt'} keeps the last good epoch. " if out is not None else ""
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                    f"{kept}Lower the learning rates or clip gradients.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            record = {"epoch": epoch + 1, "loss": loss.item(),
+                      "grad_embeddings": float(emb.grad.norm(dim=1).mean()),
+                      "grad_embedding_layer": _grad_norm(model.embedding.parameters()),
+                      "grad_backbone": _grad_norm(model.backbone.parameters()),
+                      "grad_proxies": _grad_norm([proxies]) if proxies is not None else 0.0}
+            if config.grad_clip is not None:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            history["steps"].append(record)
+            epoch_losses.append(record["loss"])
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+        row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)), "seconds": time.perf_counter() - t0,
+               "lr": [g["lr"] for g in optimizer.param_groups]}  # the rates this epoch trained with
+        scheduler.step()
+        for key in ("grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
+            row[key] = float(np.mean([s[key] for s in history["steps"][-len(epoch_losses):]]))
+        if epoch + 1 == config.epochs:  # the final evaluation gives the last epoch's R@1
+            metrics = evaluate_model(model, eval_data, config.device, config.seed)
+            row["R@1"] = metrics["R@1"]
+        elif (epoch + 1) % config.eval_every == 0:
+            row["R@1"] = _recall_at_1(model, eval_data, config.device)
+        history["epochs"].append(row)
+        if out is not None:
+            _save_atomic({"model": model.state_dict(), "proxies": None if proxies is None else proxies.detach(),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1,
+                          "config": config.to_dict()}, out / "checkpoint.pt")
+
+    if metrics is None:  # resumed from a checkpoint that had every epoch
+        metrics = evaluate_model(model, eval_data, config.device, config.seed)
+    result = FitResult(model, proxies, history, metrics, config)
+    if out is not None:
+        metrics_out = {**metrics, "config": config.to_dict(), "seconds": time.perf_counter() - started}
+        _write_json(history, out / "history.json")
+        _write_json(metrics_out, out / "metrics.json")
+    return result
+
+
+def untrained_metrics(config: Config, data: RetrievalData | None = None) -> dict:
+    """Metrics of the network before any metric-learning step (the baseline a run must beat)."""
+    train_data, eval_data = prepare(config, data)
+    model, _ = build(config, train_data.num_channels, train_data.num_train_classes)
+    return evaluate_model(model, eval_data, config.device, config.seed)

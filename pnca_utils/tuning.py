@@ -1,0 +1,53 @@
+"""Hyperparameter search on a validation split of the *training* classes (never the test classes)."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import ConfigError, make_config, parse_overrides
+
+
+def parse_grid(pairs: list[str]) -> dict[str, list]:
+    """['lr=1e-3,4e-3', 'adam_eps=1,1e-8'] → {'lr': [0.001, 0.004], 'adam_eps': [1.0, 1e-08]} (typed)."""
+    grid = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--grid expects key=v1,v2,..., got {pair!r}")
+        key, values = pair.split("=", 1)
+        grid[key.strip()] = [parse_overrides([f"{key.strip()}={v}"])[key.strip()] for v in values.split(",")]
+    return grid
+
+
+def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, out: str | Path | None = None,
+                progress: bool = True, **fixed) -> pd.DataFrame:
+    """Train every grid point (each seed) with eval_split='val'; one row per run, best R@1 first.
+
+    With `out`, rows are appended to `out/search.csv` as they finish and finished runs are
+    skipped when the search is run again.
+    """
+    from .training import fit
+
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    configs = [make_config(preset, size, **{**fixed, **point, "seed": seed, "eval_split": "val"})
+               for point in points for seed in range(seeds)]  # all validated before any training
+    table = Path(out) / "search.csv" if out is not None else None
+    done = pd.read_csv(table) if table is not None and table.exists() else pd.DataFrame()
+    rows = done.to_dict("records")
+    finished = {r["key"] for r in rows}
+    for config in tqdm(configs, desc=f"search {preset}", disable=not progress):
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key in finished:
+            continue
+        result = fit(config, progress=False)
+        rows.append({"key": key, "preset": preset, "seed": config.seed,
+                     **{k: getattr(config, k) for k in grid}, **result.metrics})
+        if table is not None:
+            table.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(table, index=False)
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby(list(grid), dropna=False)["R@1"].agg(["mean", "std", "count"]).reset_index()
+    return summary.sort_values("mean", ascending=False).reset_index(drop=True)

@@ -1,0 +1,122 @@
+"""The book: chapters are canonical py:percent with a literal parameters cell, execute at size 'ci'
+(solutions included), pass nbval in lax mode, and write the results they promise."""
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import jupytext
+import nbformat
+import pytest
+
+from pnca_utils.book import ChapterError, chapters, execute_chapter, main, run_book, to_notebook
+
+CHAPTERS = chapters()
+IDS = [path.stem for path in CHAPTERS]
+PARAMETERS = {"size", "seed", "out_dir", "solutions"}  # every chapter takes these; the runner injects three
+RESULT_KEYS = {  # keys of results/NN.json, as each chapter documents them
+    "00": {"R@1", "R@2", "MAP@R", "RP", "NMI", "F1"},
+}
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source, dict(c.metadata)) for c in nb.cells]
+
+
+def _without_version(text: str) -> str:
+    """The text minus the header line naming the jupytext version that last wrote it."""
+    return "\n".join(line for line in text.splitlines() if "jupytext_version:" not in line)
+
+
+def test_book_has_chapters():
+    assert CHAPTERS and CHAPTERS[0].name.startswith("00_")
+    assert set(RESULT_KEYS) == {path.name[:2] for path in CHAPTERS}, "declare each chapter's result keys"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_chapter_round_trips_through_jupytext(path):
+    text = path.read_text()
+    nb = jupytext.reads(text, fmt="py:percent")
+    again = jupytext.writes(nb, fmt="py:percent")
+    assert _cells(jupytext.reads(again, fmt="py:percent")) == _cells(nb)
+    assert _without_version(again) == _without_version(text), "not in canonical py:percent form"
+    assert nb.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_parameters_cell_is_first_and_literal(path):
+    nb = to_notebook(path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0], "exactly one parameters cell, the first code cell"
+    names = set()
+    for statement in ast.parse(tagged[0].source).body:
+        assert isinstance(statement, ast.Assign) and len(statement.targets) == 1, ast.unparse(statement)
+        assert isinstance(statement.targets[0], ast.Name), ast.unparse(statement)
+        ast.literal_eval(statement.value)  # raises unless a literal
+        names.add(statement.targets[0].id)
+    assert PARAMETERS <= names
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_chapter_executes_and_passes_nbval(path, tmp_path):
+    executed = execute_chapter(path, tmp_path, {"size": "ci", "solutions": True})
+    results = json.loads((tmp_path / "results" / f"{path.name[:2]}.json").read_text())
+    assert RESULT_KEYS[path.name[:2]] <= set(results)
+    assert any((tmp_path / "figures").glob(f"{path.name[:2]}_*.png"))
+    # nbval re-runs the executed notebook (its injected parameters included) and compares the
+    # outputs of the cells marked NBVAL_CHECK_OUTPUT.
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                          "--nbval-current-env", str(executed)],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+CHAPTER_TEMPLATE = """\
+# %% tags=["parameters"]
+size = "default"
+out_dir = "build"
+
+# %%
+{body}
+"""
+
+
+@pytest.mark.book
+def test_run_book_uses_this_interpreter_and_stops_at_first_failure(tmp_path, capsys):
+    book = tmp_path / "book"
+    book.mkdir()
+    bodies = {"01_ok": "import sys\nprint(sys.executable, size)",
+              "02_broken": "raise ValueError('boom')",
+              "03_never": "print('not reached')"}
+    for name, body in bodies.items():
+        (book / f"{name}.py").write_text(CHAPTER_TEMPLATE.format(body=body))
+    with pytest.raises(ChapterError, match=r"02_broken .*ValueError: boom"):
+        run_book("ci", tmp_path / "out", book_dir=book)
+    ok = nbformat.read(tmp_path / "out" / "01_ok.ipynb", as_version=4)
+    assert ok.cells[-1].outputs[0].text.split() == [sys.executable, "ci"]
+    assert not (tmp_path / "out" / "03_never.ipynb").exists()
+    assert "02_broken" in capsys.readouterr().out
+
+
+def test_unknown_chapter_number_is_one_error_line(capsys):
+    assert main(["--only", "99", "--out", "unused"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "99" in err and "\n" not in err
+
+
+def test_site_needs_executed_chapters(tmp_path, capsys):
+    assert main(["--site", "--out", str(tmp_path)]) == 1
+    assert "make book" in capsys.readouterr().err
+
+
+def test_site_renders_an_index(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · A title\n\nText $x^2$.")])
+    nbformat.write(nb, tmp_path / "00_intro.ipynb")
+    assert main(["--site", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert 'href="00_intro.html"' in page and "00 · A title" in page
+    assert (tmp_path / "site" / "00_intro.html").stat().st_size > 0

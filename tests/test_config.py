@@ -1,0 +1,117 @@
+"""Config: the paper's switches per preset, override order, validation and --set parsing."""
+import pytest
+
+from pnca_utils.config import METHOD_PRESETS, SIZE_PRESETS, Config, ConfigError, make_config, parse_overrides
+
+
+def test_proxynca_plus_plus_preset_has_every_enhancement():
+    c = make_config("proxynca++", "ci")
+    assert c.method == "proxynca"
+    assert c.temperature == pytest.approx(1 / 9)
+    assert c.positive_in_denominator is True
+    assert (c.pooling, c.layernorm, c.proxy_lr, c.sampler) == ("max", True, 4e2, "balanced")
+
+
+def test_proxynca_preset_is_the_original():
+    c = make_config("proxynca", "ci")
+    assert (c.method, c.temperature, c.positive_in_denominator) == ("proxynca", 1.0, False)
+    assert (c.pooling, c.layernorm, c.proxy_lr, c.sampler) == ("avg", False, None, "random")
+
+
+@pytest.mark.parametrize("size", SIZE_PRESETS)
+def test_size_presets(size):
+    c = make_config("proxynca++", size)
+    assert (c.epochs, c.image_size) == (SIZE_PRESETS[size]["epochs"], SIZE_PRESETS[size]["image_size"])
+
+
+@pytest.mark.parametrize("preset", METHOD_PRESETS)
+def test_every_preset_is_valid(preset):
+    c = make_config(preset, "ci")
+    assert c.method == METHOD_PRESETS[preset]["method"]
+    assert c.validate() is c
+
+
+def test_overrides_are_applied_last():
+    c = make_config("proxynca", "ci", temperature=0.5, pooling="max", epochs=5, image_size=40)
+    assert (c.temperature, c.pooling, c.epochs, c.image_size) == (0.5, "max", 5, 40)
+    assert c.layernorm is False  # untouched preset values stay
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(temperature=0), "temperature"),
+    (dict(temperature=-1 / 9), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(lr=0), "lr"),
+    (dict(lr=-1e-3), "lr"),
+    (dict(embedding_lr=0), "embedding_lr"),
+    (dict(proxy_lr=0), "proxy_lr"),
+    (dict(epochs=0), "epochs"),
+    (dict(epochs=True), "epochs"),
+    (dict(batch_size=30, images_per_class=4), "batch_size"),
+    (dict(pooling="sum"), "pooling"),
+    (dict(dataset="imagenet"), "dataset"),
+    (dict(dataset="cub"), "data_root"),
+    (dict(warmup_epochs=9, epochs=2), "warmup_epochs"),
+    (dict(val_fraction=1.0), "val_fraction"),
+    (dict(margin=-0.1), "margin"),
+    (dict(seed=-1), "seed"),
+    (dict(nonsense=1), "nonsense"),
+])
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        make_config("proxynca++", "ci", **overrides)
+
+
+def test_npair_needs_two_images_per_class():
+    assert make_config("npair", "ci").images_per_class == 2
+    with pytest.raises(ConfigError, match="images_per_class=2"):
+        make_config("npair", "ci", images_per_class=4)
+
+
+def test_random_sampler_allows_any_batch_size():
+    assert make_config("proxynca", "ci", batch_size=30, images_per_class=4).batch_size == 30
+
+
+@pytest.mark.parametrize("preset, size, match", [("proxynca+++", "ci", "preset"), ("proxynca++", "huge", "size")])
+def test_unknown_preset_or_size(preset, size, match):
+    with pytest.raises(ConfigError, match=f"unknown {match}"):
+        make_config(preset, size)
+
+
+def test_validate_catches_direct_edits():
+    c = Config()
+    c.temperature = 0.0
+    with pytest.raises(ConfigError, match="temperature"):
+        c.validate()
+
+
+def test_parse_overrides_types():
+    parsed = parse_overrides(["epochs=3", "temperature=1/9", "lr=1e-3", "layernorm=false",
+                              "positive_in_denominator=Yes", "proxy_lr=None", "weights=None",
+                              "data_root=null", "lr_milestones=2,4", "pooling= avg "])
+    assert parsed == {"epochs": 3, "temperature": pytest.approx(1 / 9), "lr": 1e-3, "layernorm": False,
+                      "positive_in_denominator": True, "proxy_lr": None, "weights": None, "data_root": None,
+                      "lr_milestones": (2, 4), "pooling": "avg"}
+    assert type(parsed["epochs"]) is int and type(parsed["lr"]) is float
+    assert parse_overrides(["weights=auto", "lr_milestones="]) == {"weights": "auto", "lr_milestones": ()}
+    assert parse_overrides(None) == {}
+
+
+def test_parsed_none_weights_reach_the_config():
+    assert make_config("proxynca++", "ci", **parse_overrides(["weights=None"])).weights is None
+
+
+@pytest.mark.parametrize("pair, match", [
+    ("epochs=2.5", "epochs"),
+    ("epochs=None", "epochs"),  # not optional
+    ("temperature=abc", "temperature"),
+    ("temperature=1/0", "temperature"),
+    ("temperature=1/2/3", "temperature"),
+    ("layernorm=maybe", "layernorm"),
+    ("lr_milestones=2,x", "lr_milestones"),
+    ("colour=red", "colour"),
+    ("epochs", "key=value"),
+])
+def test_parse_overrides_rejects_bad_values(pair, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_overrides([pair])

@@ -1,0 +1,83 @@
+"""Embedding networks: shapes, pooling, LayerNorm without affine parameters, ResNet-50 without downloads."""
+import pytest
+import torch
+from torch import nn
+
+from pnca_utils.models import EmbeddingNet, SmallCNN, build_model
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_small_cnn_shapes(pooling, layernorm):
+    model = build_model("small_cnn", 1, 24, pooling, layernorm).eval()
+    assert model(torch.rand(5, 1, 32, 32)).shape == (5, 24)
+    assert model.features(torch.rand(5, 1, 32, 32)).shape == (5, model.backbone.out_channels)
+    assert isinstance(model.norm, nn.LayerNorm if layernorm else nn.Identity)
+
+
+def test_small_cnn_feature_map():
+    backbone = SmallCNN(in_channels=3, widths=(4, 8))
+    assert backbone(torch.rand(2, 3, 16, 16)).shape == (2, 8, 8, 8)  # one 2×2 max-pool between two blocks
+    assert backbone.out_channels == 8
+
+
+def test_layernorm_has_no_affine_parameters():
+    model = build_model("small_cnn", 1, 8, "max", True)
+    assert list(model.norm.parameters()) == []
+    feats = model.train().features(torch.rand(4, 1, 32, 32))  # batch statistics: features of order 1
+    assert torch.allclose(feats.mean(1), torch.zeros(4), atol=1e-5)  # normalised per sample
+    assert torch.allclose(feats.var(1, unbiased=False), torch.ones(4), atol=1e-3)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == sum(p.numel() for p in build_model("small_cnn", 1, 8, "max", False).parameters())
+
+
+class _Fixed(nn.Module):
+    """A 'backbone' that returns its input as the feature map."""
+    out_channels = 2
+
+    def forward(self, x):
+        return x
+
+
+def test_max_and_avg_pooling_on_a_one_hot_map():
+    fmap = torch.zeros(1, 2, 4, 4)
+    fmap[0, 0, 1, 2] = 8.0  # channel 0: one active position out of 16
+    fmap[0, 1] = 1.0  # channel 1: active everywhere
+    pooled_max = EmbeddingNet(_Fixed(), 3, "max", layernorm=False).features(fmap)
+    pooled_avg = EmbeddingNet(_Fixed(), 3, "avg", layernorm=False).features(fmap)
+    assert pooled_max.tolist() == [[8.0, 1.0]]
+    assert pooled_avg.tolist() == [[0.5, 1.0]]
+
+
+def test_unknown_pooling_or_arch():
+    with pytest.raises(ValueError, match="pooling"):
+        build_model("small_cnn", 1, 8, "sum", True)
+    with pytest.raises(ValueError, match="vgg"):
+        build_model("vgg", 1, 8, "max", True)
+
+
+def test_small_cnn_loads_a_backbone_state_dict(tmp_path):
+    path = tmp_path / "backbone.pt"
+    source = SmallCNN()
+    torch.save(source.state_dict(), path)
+    model = build_model("small_cnn", 1, 8, "max", True, weights=path)
+    assert torch.equal(model.backbone.body[0].weight, source.body[0].weight)
+
+
+def test_resnet50_without_weights():
+    model = build_model("resnet50", 3, 16, "avg", True).eval()
+    assert model.backbone.out_channels == 2048
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 16)
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "small_cnn"])
+def test_missing_weights_file_names_the_path(arch, tmp_path):
+    missing = tmp_path / "nowhere" / "weights.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        build_model(arch, 3 if arch == "resnet50" else 1, 8, "max", True, weights=missing)
+
+
+def test_resnet50_needs_three_channels():
+    with pytest.raises(ValueError, match="3-channel"):
+        build_model("resnet50", 1, 8, "max", True)
