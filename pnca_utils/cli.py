@@ -1,4 +1,4 @@
-"""Command line: `python -m pnca_utils train|evaluate ...`, the same code the chapters call."""
+"""Command line: `python -m pnca_utils train|evaluate|tune ...`, the same code the chapters call."""
 from __future__ import annotations
 
 import argparse
@@ -28,31 +28,55 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="proxynca++", help=f"one of {', '.join(METHOD_PRESETS)}")
+    p.add_argument("--size", default="default", help=f"one of {', '.join(SIZE_PRESETS)}")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m pnca_utils", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a method and write metrics.json")
     _common(train)
-    train.add_argument("--preset", default="proxynca++", help=f"one of {', '.join(METHOD_PRESETS)}")
-    train.add_argument("--size", default="default", help=f"one of {', '.join(SIZE_PRESETS)}")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=int)
+    _run_options(train)
+    tune = sub.add_parser("tune", help="grid search on held-out training classes; writes search.csv, summary.md")
+    _common(tune)
+    _run_options(tune)
+    tune.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                      help="values to try for a config field (repeatable; the grid is their product)")
+    tune.add_argument("--seeds", type=int, default=1, help="seeds per grid point (0, 1, ...)")
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint and write metrics.json")
     _common(ev)
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
     return top
 
 
+def _overrides(args) -> dict:
+    overrides = parse_overrides(args.set)
+    for key in ("epochs", "seed", "device", "dataset", "data_root"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
 def _train(args) -> dict:
     from .training import fit
 
-    overrides = parse_overrides(args.set)
-    for key in ("epochs", "seed", "device", "dataset", "data_root"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    config = make_config(args.preset, args.size, **overrides)
+    config = make_config(args.preset, args.size, **_overrides(args))
     return fit(config, out_dir=args.out, progress=not args.quiet).metrics
+
+
+def _tune(args) -> dict:
+    from .tuning import grid_search, parse_grid
+
+    summary = grid_search(args.preset, args.size, parse_grid(args.grid), args.seeds, out=args.out,
+                          progress=not args.quiet, **_overrides(args))
+    (Path(args.out) / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".2f") + "\n")
+    best = summary.iloc[0]
+    return {"best val R@1": float(best["mean"])}
 
 
 def _evaluate(args) -> dict:
@@ -84,7 +108,7 @@ def _evaluate(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        metrics = {"train": _train, "evaluate": _evaluate}[args.command](args)
+        metrics = {"train": _train, "evaluate": _evaluate, "tune": _tune}[args.command](args)
     except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)  # one line
         return 2

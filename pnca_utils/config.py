@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields
 
 DATASETS = ("embedded", "cub", "cars", "sop", "inshop", "folder")
-METHODS = ("proxynca", "nca", "triplet", "npair")
+METHODS = ("proxynca", "nca", "triplet", "npair", "hdml-triplet", "hdml-npair")
 SIZES = ("ci", "default", "full")
 
 
@@ -40,9 +40,17 @@ class Config:
     temperature: float = 1 / 9
     positive_in_denominator: bool = True
     margin: float = 0.2
+    # HDML (methods hdml-triplet, hdml-npair; see pnca_utils.hdml); paper values unless noted
+    hdml_alpha: float = 90.0  # hardening: exp(-alpha / J_avg)
+    hdml_beta: float = 1e4  # synthetic weight: 1 - exp(-beta / J_gen)
+    hdml_softmax_factor: float = 1e4  # J_gen = J_recon + factor * J_soft
+    hdml_window: int = 64  # steps averaged into J_avg and J_gen (the official code's 64)
+    hdml_hidden: int = 512  # generator: Linear(D, hidden)-BN-ReLU-Linear(hidden, features)
+    hdml_generator_lr: float = 1e-2
+    hdml_classifier_lr: float = 1e-3
     # optimisation: Adam with parameter groups backbone / embedding / proxies
     lr: float = 4e-3
-    embedding_lr: float = 4e-3
+    embedding_lr: float | None = None  # None: the backbone's lr
     proxy_lr: float | None = 4e2  # None: the backbone's lr (no fast-moving proxies)
     adam_eps: float = 1.0
     weight_decay: float = 0.0
@@ -72,19 +80,20 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        positive = ("temperature", "lr", "embedding_lr", "adam_eps", "image_size",
-                    "embedding_dim", "epochs", "batch_size", "images_per_class", "eval_every")
+        positive = ("temperature", "lr", "adam_eps", "image_size", "embedding_dim", "epochs", "batch_size",
+                    "images_per_class", "eval_every", "hdml_alpha", "hdml_beta", "hdml_generator_lr",
+                    "hdml_classifier_lr")
         for name in positive:
             value = getattr(self, name)
             if not _is_number(value, 0, strict=True):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be between 0 and epochs={self.epochs}")
-        for name in ("proxy_lr", "grad_clip"):
+        for name in ("embedding_lr", "proxy_lr", "grad_clip"):
             value = getattr(self, name)
             if value is not None and not _is_number(value, 0, strict=True):
                 raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
-        for name in ("margin", "weight_decay"):
+        for name in ("margin", "weight_decay", "hdml_softmax_factor"):
             if not _is_number(getattr(self, name), 0):
                 raise ConfigError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
         if not _is_number(self.lr_gamma, 0, strict=True):
@@ -93,13 +102,21 @@ class Config:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("hdml_window", "hdml_hidden"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.sampler == "balanced" and self.batch_size % self.images_per_class:
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by images_per_class="
                               f"{self.images_per_class}; a balanced batch is classes × images per class")
-        if self.method == "npair" and (self.sampler != "balanced" or self.images_per_class != 2):
-            raise ConfigError("method 'npair' needs sampler='balanced' and images_per_class=2")
+        if self.method in ("npair", "hdml-npair") and (self.sampler != "balanced" or self.images_per_class != 2):
+            raise ConfigError(f"method {self.method!r} needs sampler='balanced' and images_per_class=2")
+        if self.method.startswith("hdml-") and (self.sampler != "balanced" or self.images_per_class < 2
+                                                or self.classes_per_batch < 2):
+            raise ConfigError(f"method {self.method!r} needs sampler='balanced', images_per_class >= 2 and "
+                              "batch_size >= 2 * images_per_class: every batch needs positives and negatives")
         if self.dataset != "embedded" and self.data_root is None:
             raise ConfigError(f"dataset {self.dataset!r} needs data_root: the folder you put it in")
         return self
@@ -122,6 +139,9 @@ METHOD_PRESETS: dict[str, dict] = {
     "nca": dict(method="nca", temperature=1 / 9, sampler="balanced"),
     "triplet": dict(method="triplet", sampler="balanced"),
     "npair": dict(method="npair", sampler="balanced", images_per_class=2),
+    # HDML (Zheng et al. 2019) on top of the two losses above
+    "hdml-triplet": dict(method="hdml-triplet", sampler="balanced"),
+    "hdml-npair": dict(method="hdml-npair", sampler="balanced", images_per_class=2),
 }
 
 # Compute budgets for the embedded set on a CPU; 'full' is the largest image size.

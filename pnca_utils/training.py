@@ -20,6 +20,7 @@ from . import losses
 from .config import Config, ConfigError
 from .data import RetrievalData, load_data
 from .data.base import split_classes
+from .hdml import HDML
 from .metrics import evaluate, recall_at_k
 from .models import EmbeddingNet, build_model
 from .samplers import make_batch_sampler
@@ -89,7 +90,7 @@ def _loss(config: Config, emb: torch.Tensor, labels: torch.Tensor, proxies: torc
 def _optimizer(config: Config, model: EmbeddingNet, proxies: torch.Tensor | None) -> torch.optim.Adam:
     """Adam with three parameter groups: backbone, embedding layer, proxies (their own, fast, lr)."""
     groups = [{"params": list(model.backbone.parameters()), "lr": config.lr, "name": "backbone"},
-              {"params": list(model.embedding.parameters()), "lr": config.embedding_lr, "name": "embedding"}]
+              {"params": list(model.embedding.parameters()), "lr": config.embedding_lr or config.lr, "name": "embedding"}]
     if proxies is not None:
         groups.append({"params": [proxies], "lr": config.proxy_lr or config.lr, "name": "proxies"})
     return torch.optim.Adam(groups, eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -174,6 +175,9 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
         proxies.data = proxies.data.to(config.device)
     optimizer = _optimizer(config, model, proxies)
     scheduler = _scheduler(config, optimizer)
+    metric_params = [p for g in optimizer.param_groups for p in g["params"]]
+    # HDML: generator, classifier, their optimisers and J_avg; the metric optimiser stays the one above
+    hdml = HDML.from_config(config, model, train_data.num_train_classes) if config.method.startswith("hdml-") else None
     try:
         batches = make_batch_sampler(train_data.train.labels, config.sampler, config.batch_size,
                                      config.images_per_class, config.seed)
@@ -198,6 +202,8 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
                 proxies.data.copy_(state["proxies"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if hdml is not None:
+                hdml.load_checkpoint(state["hdml"])
             torch.set_rng_state(state["rng"])
             history, start_epoch = state["history"], state["epoch"]
 
@@ -213,23 +219,29 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(config.device), y.to(config.device)
-            emb = model(x)
-            emb.retain_grad()
-            loss = _loss(config, emb, y, proxies)
+            if hdml is None:
+                emb = model(x)
+                emb.retain_grad()
+                loss = _loss(config, emb, y, proxies)
+            else:
+                terms = hdml.losses(model, x, y)
+                emb, loss = terms.embeddings, terms.metric
             if not torch.isfinite(loss):
                 kept = f"{out / 'checkpoint.pt'} keeps the last good epoch. " if out is not None else ""
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                     f"{kept}Lower the learning rates or clip gradients.")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            record = {"epoch": epoch + 1, "loss": loss.item(),
-                      "grad_embeddings": float(emb.grad.norm(dim=1).mean()),
+            if hdml is None:
+                loss.backward()
+                extra = {}
+            else:  # each HDML loss reaches only its own parameters; steps the generator and classifier
+                extra = hdml.backward(terms, metric_params)
+            record = {"epoch": epoch + 1, "loss": loss.item(), "grad_embeddings": float(emb.grad.norm(dim=1).mean()),
                       "grad_embedding_layer": _grad_norm(model.embedding.parameters()),
                       "grad_backbone": _grad_norm(model.backbone.parameters()),
-                      "grad_proxies": _grad_norm([proxies]) if proxies is not None else 0.0}
+                      "grad_proxies": _grad_norm([proxies]) if proxies is not None else 0.0, **extra}
             if config.grad_clip is not None:
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(metric_params, config.grad_clip)
             optimizer.step()
             history["steps"].append(record)
             epoch_losses.append(record["loss"])
@@ -249,6 +261,7 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
             _save_atomic({"model": model.state_dict(), "proxies": None if proxies is None else proxies.detach(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1,
+                          "hdml": None if hdml is None else hdml.checkpoint(),
                           "config": config.to_dict()}, out / "checkpoint.pt")
 
     if metrics is None:  # resumed from a checkpoint that had every epoch

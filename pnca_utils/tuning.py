@@ -23,8 +23,8 @@ def parse_grid(pairs: list[str]) -> dict[str, list]:
 
 
 def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, out: str | Path | None = None,
-                progress: bool = True, **fixed) -> pd.DataFrame:
-    """Train every grid point (each seed) with eval_split='val'; one row per run, best R@1 first.
+                progress: bool = True, data=None, **fixed) -> pd.DataFrame:
+    """Train every grid point (each seed) with eval_split='val'; mean R@1 per point, best first.
 
     With `out`, rows are appended to `out/search.csv` as they finish and finished runs are
     skipped when the search is run again.
@@ -42,7 +42,7 @@ def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, o
         key = json.dumps(config.to_dict(), sort_keys=True)
         if key in finished:
             continue
-        result = fit(config, progress=False)
+        result = fit(config, data=data, progress=False)
         rows.append({"key": key, "preset": preset, "seed": config.seed,
                      **{k: getattr(config, k) for k in grid}, **result.metrics})
         if table is not None:

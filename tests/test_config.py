@@ -56,6 +56,15 @@ def test_overrides_are_applied_last():
     (dict(margin=-0.1), "margin"),
     (dict(seed=-1), "seed"),
     (dict(nonsense=1), "nonsense"),
+    (dict(hdml_alpha=0), "hdml_alpha"),
+    (dict(hdml_beta=-1e4), "hdml_beta"),
+    (dict(hdml_softmax_factor=-1), "hdml_softmax_factor"),
+    (dict(hdml_softmax_factor=float("inf")), "hdml_softmax_factor"),
+    (dict(hdml_window=0), "hdml_window"),
+    (dict(hdml_window=2.5), "hdml_window"),
+    (dict(hdml_hidden=True), "hdml_hidden"),
+    (dict(hdml_generator_lr=0), "hdml_generator_lr"),
+    (dict(hdml_classifier_lr=float("nan")), "hdml_classifier_lr"),
 ])
 def test_invalid_values_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
@@ -66,6 +75,19 @@ def test_npair_needs_two_images_per_class():
     assert make_config("npair", "ci").images_per_class == 2
     with pytest.raises(ConfigError, match="images_per_class=2"):
         make_config("npair", "ci", images_per_class=4)
+
+
+def test_hdml_presets_and_their_batches():
+    c = make_config("hdml-npair", "ci")
+    assert (c.method, c.sampler, c.images_per_class) == ("hdml-npair", "balanced", 2)
+    assert (c.hdml_alpha, c.hdml_beta, c.hdml_softmax_factor) == (90, 1e4, 1e4)  # the paper's values
+    assert make_config("hdml-triplet", "ci").method == "hdml-triplet"
+    with pytest.raises(ConfigError, match="images_per_class=2"):
+        make_config("hdml-npair", "ci", images_per_class=4)
+    for bad in (dict(sampler="random"), dict(images_per_class=1), dict(batch_size=4, images_per_class=4)):
+        with pytest.raises(ConfigError, match="positives and negatives"):
+            make_config("hdml-triplet", "ci", **bad)
+    assert parse_overrides(["hdml_window=8", "hdml_beta=5e3"]) == {"hdml_window": 8, "hdml_beta": 5e3}
 
 
 def test_random_sampler_allows_any_batch_size():
