@@ -4,6 +4,7 @@
 #   make test                         run all tests (the book's chapters included)
 #   make notebooks                    plain notebooks (no outputs) in build/notebooks/ for Jupyter
 #   make site                         HTML of the executed chapters in build/site/ (after make book)
+#   make tune                         re-run the learning-rate search behind config.CALIBRATED
 #   make clean / make distclean       remove build/ / build/ and .venv
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test book notebooks site clean distclean
+.PHONY: setup test book notebooks site tune clean distclean
 
 setup: $(STAMP)
 
@@ -41,6 +42,13 @@ notebooks: setup
 
 site: setup
 	$(PY) -m pnca_utils.book --site --out $(BUILD)
+
+# Learning rates for the embedded set, chosen on held-out training classes (never the test classes).
+tune: setup
+	$(PY) -m pnca_utils tune --preset proxynca++ --size default --epochs 4 --quiet \
+	  --grid lr=4e-3,2e-2,1e-1 --grid proxy_lr=4e2,4e3 --out results/tuning/proxynca++
+	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --quiet \
+	  --grid lr=4e-3,1e-2,2e-2 --out results/tuning/proxynca
 
 clean:
 	rm -rf $(BUILD)

@@ -70,11 +70,11 @@ def _train(args) -> dict:
 
 
 def _tune(args) -> dict:
-    from .tuning import grid_search, parse_grid
+    from .tuning import grid_search, parse_grid, to_markdown
 
     summary = grid_search(args.preset, args.size, parse_grid(args.grid), args.seeds, out=args.out,
                           progress=not args.quiet, **_overrides(args))
-    (Path(args.out) / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".2f") + "\n")
+    (Path(args.out) / "summary.md").write_text(to_markdown(summary))
     best = summary.iloc[0]
     return {"best val R@1": float(best["mean"])}
 

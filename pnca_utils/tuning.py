@@ -48,6 +48,14 @@ def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, o
         if table is not None:
             table.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(table, index=False)
-    frame = pd.DataFrame(rows)
-    summary = frame.groupby(list(grid), dropna=False)["R@1"].agg(["mean", "std", "count"]).reset_index()
+    return summarize(pd.DataFrame(rows), list(grid))
+
+
+def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, std and count of validation R@1 per grid point, best first."""
+    summary = runs.groupby(keys, dropna=False)["R@1"].agg(["mean", "std", "count"]).reset_index()
     return summary.sort_values("mean", ascending=False).reset_index(drop=True)
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    return summary.to_markdown(index=False, floatfmt="g") + "\n"

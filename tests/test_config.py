@@ -137,3 +137,12 @@ def test_parsed_none_weights_reach_the_config():
 def test_parse_overrides_rejects_bad_values(pair, match):
     with pytest.raises(ConfigError, match=match):
         parse_overrides([pair])
+
+
+def test_calibrated_learning_rates_apply_to_the_embedded_set_only():
+    from pnca_utils.config import CALIBRATED
+
+    assert make_config("proxynca++").lr == CALIBRATED[("embedded", "proxynca++")]["lr"]
+    assert make_config("proxynca").lr == CALIBRATED[("embedded", "proxynca")]["lr"]
+    assert make_config("proxynca++", dataset="cub", data_root="x").lr == 4e-3  # the paper's value
+    assert make_config("proxynca++", lr=1e-3).lr == 1e-3  # an override wins

@@ -48,3 +48,13 @@ def test_cli_tune_reports_bad_grid_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_cli_tune_writes_runs_and_summary(tmp_path):
+    out = tmp_path / "t"
+    args = ["tune", "--size", "ci", "--epochs", "1", "--set", "weights=None", "--set", "image_size=16",
+            "--grid", "lr=1e-3", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    runs = pd.read_csv(out / "search.csv")
+    assert len(runs) == 1 and runs.loc[0, "lr"] == 1e-3 and 0 <= runs.loc[0, "R@1"] <= 100
+    assert (out / "summary.md").read_text().splitlines()[0].split("|")[1].strip() == "lr"
