@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jupytext
 import nbformat
@@ -17,7 +18,12 @@ IDS = [path.stem for path in CHAPTERS]
 PARAMETERS = {"size", "seed", "out_dir", "solutions"}  # every chapter takes these; the runner injects three
 RESULT_KEYS = {  # keys of results/NN.json, as each chapter documents them
     "00": {"R@1", "R@2", "MAP@R", "RP", "NMI", "F1"},
+    "01": {"size", "untrained", "proxynca", "nca", "tsne_r1"},
+    "02": {"size", "proxynca", "assignment", "profiles"},
 }
+# The data cache of `make book`: $PNCA_DATA_DIR as set when pytest started (this module is imported at
+# collection, before conftest's session fixture points the variable at a temporary folder), else data/.
+BOOK_DATA_DIR = os.environ.get("PNCA_DATA_DIR")
 
 
 def _cells(nb):
@@ -60,9 +66,26 @@ def test_parameters_cell_is_first_and_literal(path):
     assert PARAMETERS <= names
 
 
+@pytest.fixture
+def book_cache(monkeypatch):
+    """Chapters executed here use `make book`'s data cache (the kernels inherit this environment), so the
+    embedded set and the pretrained CNN are built once per checkout, not once per test session."""
+    if BOOK_DATA_DIR is None:
+        monkeypatch.delenv("PNCA_DATA_DIR", raising=False)
+    else:
+        monkeypatch.setenv("PNCA_DATA_DIR", BOOK_DATA_DIR)
+
+
+def test_chapters_share_the_books_data_cache(book_cache, data_dir):
+    from pnca_utils.data.embedded import default_cache
+
+    expected = Path(BOOK_DATA_DIR) if BOOK_DATA_DIR else Path(__file__).resolve().parents[1] / "data"
+    assert default_cache() == expected / "embedded" != data_dir / "embedded"
+
+
 @pytest.mark.book
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
-def test_chapter_executes_and_passes_nbval(path, tmp_path):
+def test_chapter_executes_and_passes_nbval(path, tmp_path, book_cache):
     executed = execute_chapter(path, tmp_path, {"size": "ci", "solutions": True})
     results = json.loads((tmp_path / "results" / f"{path.name[:2]}.json").read_text())
     assert RESULT_KEYS[path.name[:2]] <= set(results)
