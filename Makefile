@@ -5,6 +5,8 @@
 #   make notebooks                    plain notebooks (no outputs) in build/notebooks/ for Jupyter
 #   make site                         HTML of the executed chapters in build/site/ (after make book)
 #   make tune                         re-run the learning-rate search behind config.CALIBRATED
+#   make reproduce                    the seeded ablation grid on the embedded set into results/embedded/
+#   make bench                        benchmarks against faiss and pytorch-metric-learning
 #   make clean / make distclean       remove build/ / build/ and .venv
 
 PYTHON ?= python3
@@ -14,7 +16,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test book notebooks site tune clean distclean
+.PHONY: setup test book notebooks site tune reproduce bench clean distclean
 
 setup: $(STAMP)
 
@@ -49,6 +51,17 @@ tune: setup
 	  --grid lr=4e-3,2e-2,1e-1 --grid proxy_lr=4e2,4e3 --out results/tuning/proxynca++
 	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --quiet \
 	  --grid lr=4e-3,1e-2,2e-2 --out results/tuning/proxynca
+
+# The ProxyNCA++ ablations and the HDML comparison, 3 seeds at default size; runs are cached in
+# build/runs (shared with make book) and the tables are written to results/embedded/.
+reproduce: setup
+	$(PY) -m pnca_utils ablate --grid proxynca++ --dataset embedded --size default --seeds 3 \
+	  --runs $(BUILD)/runs --out results/embedded
+	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size default --seeds 3 \
+	  --runs $(BUILD)/runs --out results/embedded/hdml
+
+bench: setup
+	$(PY) benchmarks/run.py --out results/benchmarks.json
 
 clean:
 	rm -rf $(BUILD)

@@ -91,12 +91,14 @@ from pnca_utils import analysis, losses, metrics
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import embedding_scatter, training_curves
-from pnca_utils.training import build, embed, fit, untrained_metrics
+from pnca_utils.runs import cached_fit
+from pnca_utils.training import build, embed, untrained_metrics
 
 figures = Path(out_dir) / "figures"
 results = Path(out_dir) / "results"
 figures.mkdir(parents=True, exist_ok=True)
 results.mkdir(parents=True, exist_ok=True)
+runs_root = Path(out_dir) / "runs"  # runs shared with the other chapters
 # size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
 overrides = {"epochs": 1} if size == "ci" else {}
 tsne_classes, tsne_per_class = 12, 20  # the t-SNE maps show 12 test classes, 20 images each
@@ -193,7 +195,9 @@ plt.show()
 # chapter 00's protocol requires. Each later chapter switches on one enhancement of ProxyNCA++
 # against exactly this config. `fit(config, data)` trains it and evaluates it on the test classes;
 # `untrained_metrics(config, data)` evaluates the same network before its first step (the CNN
-# pretrained on the source task, with a random embedding layer).
+# pretrained on the source task, with a random embedding layer). The chapters call `fit` through
+# `runs.cached_fit(config, data, root)`, which keeps each run's checkpoint under `root`, one folder
+# per config: a later chapter that needs the same config reloads it instead of training it again.
 #
 # For comparison, we train NCA within the batch: `make_config("nca", size)` with the same network
 # (`pooling="avg", layernorm=False`), so that the difference lies in the loss and in the batches it
@@ -223,8 +227,8 @@ if size == "ci":
 
 # %%
 untrained = untrained_metrics(proxynca_config, data)
-proxynca = fit(proxynca_config, data)
-nca = fit(nca_config, data)
+proxynca = cached_fit(proxynca_config, data, root=runs_root)
+nca = cached_fit(nca_config, data, root=runs_root)
 
 # %% [markdown]
 # The table gives every metric of chapter 00 on the test classes, in percent, and the training time

@@ -82,12 +82,14 @@ from pnca_utils import analysis, losses
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import curves, training_curves
-from pnca_utils.training import embed, fit
+from pnca_utils.runs import cached_fit
+from pnca_utils.training import embed
 
 figures = Path(out_dir) / "figures"
 results = Path(out_dir) / "results"
 figures.mkdir(parents=True, exist_ok=True)
 results.mkdir(parents=True, exist_ok=True)
+runs_root = Path(out_dir) / "runs"  # runs shared with the other chapters
 # size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
 overrides = {"epochs": 1} if size == "ci" else {}
 original = make_config("proxynca", size, seed=seed, **overrides)
@@ -203,8 +205,8 @@ print(f"the two configs differ only in: {differ}")
 if size == "ci":
     print("size='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
-excluded_run = fit(original, data)
-included_run = fit(assigned, data)
+excluded_run = cached_fit(original, data, root=runs_root)
+included_run = cached_fit(assigned, data, root=runs_root)
 
 # %%
 runs = {"positive excluded (ProxyNCA)": excluded_run.metrics, "positive included (proxy assignment)": included_run.metrics}

@@ -1,9 +1,14 @@
 """Run the book headless: every chapter `book/NN_*.py` (py:percent) becomes a notebook executed by papermill.
 
-    python -m pnca_utils.book [--size ci|default|full] [--out build] [--only NN ...] [--solutions] [--site]
+    python -m pnca_utils.book [--size ci|default|full] [--out build] [--only NN ...] [--solutions]
+                              [-p NAME=VALUE ...] [--site]
 
 Executed notebooks go to OUT/NN_name.ipynb; chapters write their figures to OUT/figures/ and their
 numbers to OUT/results/NN.json. `--site` renders the executed notebooks as HTML in OUT/site/ instead.
+
+Parameters injected into a chapter are checked against the literals of its `parameters` cell before
+anything runs: an unknown name, or a value of another type than the cell's (an int where the cell
+has `size = "default"`), is a one-line error. A parameter whose default is None takes any value.
 
 The kernel is always the interpreter running this module: a kernel spec for `sys.executable` is
 written to a temporary folder put first on JUPYTER_PATH while a chapter runs, so neither a user's
@@ -12,6 +17,7 @@ kernels nor a missing `ipykernel install` can change which Python executes the b
 from __future__ import annotations
 
 import argparse
+import ast
 import html
 import json
 import os
@@ -40,6 +46,10 @@ class ChapterError(BookError):
     """A chapter failed to execute; the message names it in one line."""
 
 
+class ParameterError(BookError):
+    """A parameter given to a chapter is unknown to it or of the wrong type; nothing was executed."""
+
+
 def chapters(book_dir: Path | str = BOOK_DIR) -> list[Path]:
     """The chapter sources `NN_*.py` of `book_dir`, in order."""
     return sorted(Path(book_dir).glob("[0-9][0-9]_*.py"))
@@ -50,6 +60,53 @@ def to_notebook(path: Path | str):
     import jupytext
 
     return jupytext.read(path, fmt="py:percent")
+
+
+def chapter_parameters(path: Path | str) -> dict:
+    """The defaults of a chapter's `parameters` cell, {name: literal value}."""
+    path = Path(path)
+    cell = next((c for c in to_notebook(path).cells
+                 if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        raise ParameterError(f"chapter {path.stem} has no code cell tagged 'parameters'")
+    defaults = {}
+    for statement in ast.parse(cell.source).body:
+        targets = getattr(statement, "targets", [])
+        if not (isinstance(statement, ast.Assign) and len(targets) == 1 and isinstance(targets[0], ast.Name)):
+            continue
+        try:
+            defaults[targets[0].id] = ast.literal_eval(statement.value)
+        except ValueError:
+            raise ParameterError(f"chapter {path.stem}: parameter {targets[0].id} is not a literal "
+                                 f"({ast.unparse(statement.value)})") from None
+    return defaults
+
+
+def _same_kind(default, value) -> bool:
+    """Whether `value` may replace `default`: same type; an int for a float; anything for None."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def check_parameters(path: Path | str, parameters: dict) -> None:
+    """Raise ParameterError unless every parameter is one of the chapter's, with a value of its default's type."""
+    path = Path(path)
+    defaults = chapter_parameters(path)
+    for name, value in parameters.items():
+        if name not in defaults:
+            raise ParameterError(f"chapter {path.stem} has no parameter {name!r}; its parameters are "
+                                 f"{', '.join(defaults)}")
+        default = defaults[name]
+        if not _same_kind(default, value):
+            raise ParameterError(f"chapter {path.stem}: parameter {name}={value!r} is of type {type(value).__name__}; "
+                                 f"its parameters cell has {name} = {default!r}, of type {type(default).__name__}")
+    if "size" in parameters and isinstance(defaults.get("size"), str) and parameters["size"] not in SIZES:
+        raise ParameterError(f"chapter {path.stem}: size={parameters['size']!r} is not one of {', '.join(SIZES)}")
 
 
 @contextmanager
@@ -90,15 +147,17 @@ def execute_chapter(path: Path | str, out_dir: Path | str, parameters: dict | No
     """Execute one chapter into `out_dir`/NN_name.ipynb and return that path; raise ChapterError if it fails.
 
     `out_dir` is injected as the chapter's `out_dir` parameter (absolute) unless `parameters` sets it;
-    the kernel runs in `out_dir`.
+    the kernel runs in `out_dir`. Parameters are checked first (`check_parameters`): a wrong one
+    raises ParameterError before anything is executed or written.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     path, out_dir = Path(path), Path(out_dir).resolve()
+    parameters = {"out_dir": str(out_dir), **(parameters or {})}
+    check_parameters(path, parameters)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{path.stem}.ipynb"
-    parameters = {"out_dir": str(out_dir), **(parameters or {})}
     try:
         with private_kernel() as kernel:
             papermill.execute_notebook(to_notebook(path), str(output), parameters=parameters, kernel_name=kernel,
@@ -113,10 +172,13 @@ def execute_chapter(path: Path | str, out_dir: Path | str, parameters: dict | No
 
 
 def run_book(size: str = "default", out_dir: Path | str = "build", only: list[str] | None = None,
-             solutions: bool = False, book_dir: Path | str = BOOK_DIR) -> dict[str, float]:
+             solutions: bool = False, book_dir: Path | str = BOOK_DIR,
+             parameters: dict | None = None) -> dict[str, float]:
     """Execute the chapters in order (those numbered in `only`, if given); return seconds per chapter.
 
-    Stops at the first failing chapter by raising ChapterError; raises BookError if a chapter is missing.
+    `parameters` go to every chapter, after `size` (and `solutions`, when True). Stops at the first
+    failing chapter by raising ChapterError; raises BookError if a chapter is missing, and
+    ParameterError, before executing any chapter, if a parameter does not fit one of them.
     """
     found = chapters(book_dir)
     only = None if only is None else [n.zfill(2) for n in only]
@@ -124,7 +186,9 @@ def run_book(size: str = "default", out_dir: Path | str = "build", only: list[st
     missing = sorted(set(only or ()) - {p.name[:2] for p in selected})
     if not found or missing:
         raise BookError(f"no chapter {'numbered ' + ', '.join(missing) if missing else 'NN_*.py'} in {book_dir}")
-    parameters = {"size": size, **({"solutions": True} if solutions else {})}
+    parameters = {"size": size, **({"solutions": True} if solutions else {}), **(parameters or {})}
+    for path in selected:
+        check_parameters(path, {"out_dir": str(out_dir), **parameters})
     seconds = {}
     for n, path in enumerate(selected, 1):
         print(f"[{n}/{len(selected)}] {path.stem} ...", end=" ", flush=True)
@@ -179,8 +243,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build", help="folder for executed notebooks, figures/ and results/")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these chapters, e.g. --only 00 03")
     p.add_argument("--solutions", action="store_true", help="also execute the exercises' solutions")
+    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                   help="inject a parameter into every chapter (repeatable); VALUE is a Python literal, "
+                        "else a string, e.g. -p seed=1 -p dataset=cub")
     p.add_argument("--site", action="store_true", help="render the executed notebooks in --out as HTML only")
     return p
+
+
+def parse_parameters(pairs: list[str]) -> dict:
+    """['seed=1', 'dataset=cub'] -> {'seed': 1, 'dataset': 'cub'}: values are Python literals, else strings."""
+    parameters = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ParameterError(f"-p expects NAME=VALUE, got {pair!r}")
+        try:
+            parameters[name.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            parameters[name.strip()] = text.strip()
+    return parameters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.site:
             print(f"site: {render_site(args.out)}")
             return 0
-        seconds = run_book(args.size, args.out, args.only, args.solutions)
+        seconds = run_book(args.size, args.out, args.only, args.solutions, parameters=parse_parameters(args.parameter))
     except BookError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

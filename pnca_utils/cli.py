@@ -1,14 +1,15 @@
-"""Command line: `python -m pnca_utils train|evaluate|tune ...`, the same code the chapters call."""
+"""Command line: `python -m pnca_utils train|evaluate|tune|ablate ...`, the same code the chapters call."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from .config import DATASETS, METHOD_PRESETS, SIZE_PRESETS, Config, ConfigError, make_config, parse_overrides
-from .data import DataError
+from .data import DataError, load_data
 from .training import TrainingError
 
 
@@ -26,6 +27,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for metrics.json (and history, checkpoint)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the config's, cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="real data sets: leave unreadable image files out (and report how many) instead of stopping")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -48,6 +51,15 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                       help="values to try for a config field (repeatable; the grid is their product)")
     tune.add_argument("--seeds", type=int, default=1, help="seeds per grid point (0, 1, ...)")
+    ablate = sub.add_parser("ablate", help="seeded ablation grid; writes runs.csv, ablation.csv, ablation.md")
+    _common(ablate)
+    ablate.add_argument("--grid", default="proxynca++", help="proxynca++ (the paper's ablations) or hdml")
+    ablate.add_argument("--size", default="default", help=f"one of {', '.join(SIZE_PRESETS)}")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (0, 1, ...)")
+    ablate.add_argument("--variant", action="append", metavar="NAME", help="only these variants (repeatable)")
+    ablate.add_argument("--runs", help="folder of the cached runs (default: OUT/runs)")
+    ablate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field of every run")
+    ablate.add_argument("--epochs", type=int)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint and write metrics.json")
     _common(ev)
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
@@ -59,14 +71,25 @@ def _overrides(args) -> dict:
     for key in ("epochs", "seed", "device", "dataset", "data_root"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
+    if getattr(args, "skip_bad_images", False):
+        overrides["skip_bad_images"] = True
     return overrides
+
+
+def _load(config: Config):
+    """The config's data set, read (and its images checked) before anything is written; reports skipped images."""
+    data = load_data(config.dataset, config.data_root, config.image_size, skip_bad_images=config.skip_bad_images)
+    if data.skipped:
+        print(f"warning: left out {len(data.skipped)} unreadable image(s) of the {config.dataset} data set, "
+              f"first {data.skipped[0]}", file=sys.stderr)
+    return data
 
 
 def _train(args) -> dict:
     from .training import fit
 
     config = make_config(args.preset, args.size, **_overrides(args))
-    return fit(config, out_dir=args.out, progress=not args.quiet).metrics
+    return fit(config, _load(config), out_dir=args.out, progress=not args.quiet).metrics
 
 
 def _tune(args) -> dict:
@@ -79,6 +102,15 @@ def _tune(args) -> dict:
     return {"best val R@1": float(best["mean"])}
 
 
+def _ablate(args) -> dict:
+    from .ablation import grid, run_grid, select, write_summary
+
+    variants = select(grid(args.grid, args.dataset or "embedded"), args.variant)
+    runs = run_grid(variants, args.size, args.seeds, args.out, args.runs, progress=not args.quiet, **_overrides(args))
+    summary = write_summary(runs, variants, args.out)
+    return {f"{row['variant']} R@1": row["R@1 mean"] for _, row in summary.iterrows()}
+
+
 def _evaluate(args) -> dict:
     import torch
 
@@ -88,14 +120,15 @@ def _evaluate(args) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train first (python -m pnca_utils train)")
     started = time.perf_counter()
-    given = {"dataset": args.dataset, "data_root": args.data_root, "device": args.device}
+    given = {"dataset": args.dataset, "data_root": args.data_root, "device": args.device,
+             "skip_bad_images": args.skip_bad_images or None}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = Config(**{**state["config"], "weights": None, **{k: v for k, v in given.items() if v is not None}})
     except Exception as err:  # not a checkpoint, or a damaged one
         raise TrainingError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); train again") from None
     config.validate()
-    train_data, eval_data = prepare(config)  # the split the run was evaluated on
+    train_data, eval_data = prepare(config, _load(config))  # the split the run was evaluated on
     model, _ = build(config, train_data.num_channels, train_data.num_train_classes)
     model.load_state_dict(state["model"])
     metrics = evaluate_model(model, eval_data, config.device, config.seed)
@@ -105,14 +138,38 @@ def _evaluate(args) -> dict:
     return metrics
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+# What an interrupted command keeps (OUT: its --out folder).
+KEPT = {"train": "{out}/checkpoint.pt keeps the last finished epoch, if any",
+        "tune": "{out}/search.csv keeps the finished runs", "ablate": "the runs folder keeps the finished runs",
+        "evaluate": "nothing was written"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    created = _missing_folders(Path(args.out).absolute())
     try:
-        metrics = {"train": _train, "evaluate": _evaluate, "tune": _tune}[args.command](args)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+        metrics = {"train": _train, "evaluate": _evaluate, "tune": _tune, "ablate": _ablate}[args.command](args)
+    except (ConfigError, DataError, TrainingError, OSError, KeyboardInterrupt) as err:
+        for folder in created:  # folders this command made and left empty (files written are kept)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(err, KeyboardInterrupt):
+            kept = KEPT[args.command].format(out=Path(args.out).as_posix())
+            print(f"error: interrupted; {kept}: run the same command again to go on", file=sys.stderr)
+            return 130
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)  # one line
         return 2
-    print(json.dumps({k: round(v, 2) for k, v in metrics.items()}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+        print(json.dumps({k: round(v, 2) for k, v in metrics.items()}))
     return 0
 
 

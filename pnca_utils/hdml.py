@@ -76,8 +76,8 @@ def _exp_factor(alpha, j_avg) -> float:
     return 0.0 if j_avg == 0 else math.exp(-alpha / j_avg)
 
 
-def _harden(anchor, positive, negative, j_avg, alpha) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hardened negatives, lambda per row); lambda = 1 where the negative is left unchanged."""
+def _harden(anchor, positive, negative, j_avg, alpha) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hardened negatives, lambda per row, d+ < d- per row); lambda = 1 where the negative is left unchanged."""
     for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
         if not isinstance(t, torch.Tensor) or t.ndim != 2 or not t.is_floating_point() or t.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty 2-D floating-point tensor (B, D)")
@@ -91,7 +91,7 @@ def _harden(anchor, positive, negative, j_avg, alpha) -> tuple[torch.Tensor, tor
     # lambda = (d+ + (d- - d+) keep) / d- = 1 - shrink, written so that keep = 1 gives exactly the negative
     shrink = (1.0 - keep) * (d_neg - d_pos) / torch.where(harden, d_neg, torch.ones_like(d_neg))
     shrink = torch.where(harden, shrink, torch.zeros_like(shrink))
-    return negative - shrink[:, None] * (negative - anchor), 1.0 - shrink
+    return negative - shrink[:, None] * (negative - anchor), 1.0 - shrink, harden
 
 
 def harden_negative(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
@@ -163,6 +163,10 @@ class HDMLTerms:
     lambdas: torch.Tensor  # (rows,) lambda of every hardened negative (1: unchanged)
     j_avg: float  # the J_avg used
     synthetic_weight: float  # 1 - exp(-beta / J_gen), the J_gen being the running mean
+    hardening_factor: float = 1.0  # exp(-alpha / J_avg): the share of d- - d+ a negative keeps (1: unchanged)
+    j_gen_avg: float = math.inf  # the running mean of J_gen in the synthetic weight
+    far: torch.Tensor | None = None  # (rows,) bool: d- > d+, the negatives the rule moves
+    synthetic_accuracy: float = math.nan  # share of synthetic negatives the classifier puts in the negative's class
 
 
 class HDML(nn.Module):
@@ -226,7 +230,7 @@ class HDML(nn.Module):
             i, j = (~torch.eye(len(pairs), dtype=torch.bool, device=labels.device)).nonzero(as_tuple=True)
             a, p, n = pairs[i, 0], pairs[i, 1], pairs[j, 1]  # p_j hardened toward a_i, d+ = ||a_i - p_i||
         j_avg = self.j_avg.value
-        hardened, lambdas = _harden(emb[a], emb[p], emb[n], j_avg, self.alpha)
+        hardened, lambdas, far = _harden(emb[a], emb[p], emb[n], j_avg, self.alpha)
 
         generated = self.generator(torch.cat([emb, hardened]))
         recon, synthetic_feats = generated[: len(emb)], generated[len(emb):]
@@ -238,23 +242,38 @@ class HDML(nn.Module):
         else:
             negatives = synthetic_emb.new_zeros(len(pairs), len(pairs), emb.shape[1]).index_put((i, j), synthetic_emb)
             synthetic = losses.npair_loss_terms(emb[pairs[:, 0]], emb[pairs[:, 1]], negatives).mean()
-        synthetic_weight = 1.0 - math.exp(-self.beta / self.j_gen.value)
+        j_gen_avg = self.j_gen.value
+        synthetic_weight = 1.0 - math.exp(-self.beta / j_gen_avg)
         metric = (1.0 - synthetic_weight) * real + synthetic_weight * synthetic
 
         frozen_w, frozen_b = self.classifier.weight.detach(), self.classifier.bias.detach()
+        synthetic_logits = F.linear(synthetic_feats, frozen_w, frozen_b)
         soft = (F.cross_entropy(F.linear(recon, frozen_w, frozen_b), labels)
-                + F.cross_entropy(F.linear(synthetic_feats, frozen_w, frozen_b), labels[n]))
+                + F.cross_entropy(synthetic_logits, labels[n]))
+        synthetic_accuracy = float((synthetic_logits.detach().argmax(dim=1) == labels[n]).float().mean())
         recon_loss = (recon - feats).pow(2).sum(dim=1).mean()
         gen = recon_loss + self.softmax_factor * soft
         cls = F.cross_entropy(self.classifier(feats.detach()), labels)
         return HDMLTerms(emb, metric, real, synthetic, recon_loss, soft, gen, cls, lambdas.detach(),
-                         j_avg, synthetic_weight)
+                         j_avg, synthetic_weight, hardening_factor=_exp_factor(self.alpha, j_avg),
+                         j_gen_avg=j_gen_avg, far=far.detach(), synthetic_accuracy=synthetic_accuracy)
 
     def backward(self, terms: HDMLTerms, metric_params) -> dict:
         """Gradients of J_metric on ``metric_params`` (accumulated into .grad; zero them first),
         J_gen on the generator and J_cls on the classifier; step those two; update J_avg and J_gen.
 
-        Also sets ``terms.embeddings.grad``. Returns the step's HDML record for the history.
+        Also sets ``terms.embeddings.grad``. Returns the step's HDML record for the history:
+
+        * ``j_avg``, ``j_gen_avg``: the running means this step used (None before a full window);
+        * ``hardening_factor``: exp(-alpha / J_avg), the share of d- - d+ a hardened negative keeps
+          (1: unchanged, 0: moved to distance d+);
+        * ``lambda``: the mean over all negatives of lambda, the share of its distance to the anchor a
+          negative keeps; ``lambda_far`` the mean over the negatives farther than the positive
+          (``share_far`` of them), the only ones the rule moves (1.0 when there are none);
+        * ``synthetic_weight``: 1 - exp(-beta / J_gen_avg), the weight of the synthetic term;
+        * ``j_m_real``, ``j_m_synthetic``, ``j_gen``, ``j_recon``, ``j_soft``, ``j_cls``: this step's losses;
+        * ``synthetic_accuracy``: the share of synthetic negatives the (frozen) classifier assigns to
+          the negative's class, what the softmax term of J_gen asks for.
         """
         for name, value, field in (("J_gen", terms.gen, "hdml_generator_lr"),
                                    ("J_cls", terms.cls, "hdml_classifier_lr")):
@@ -271,8 +290,13 @@ class HDML(nn.Module):
         self.classifier_optimizer.step()
         self.j_avg.update(terms.real.item())
         self.j_gen.update(terms.gen.item())
+        far = terms.far if terms.far is not None else terms.lambdas < 1
         return {"j_avg": terms.j_avg if math.isfinite(terms.j_avg) else None,  # None: strict JSON
+                "j_gen_avg": terms.j_gen_avg if math.isfinite(terms.j_gen_avg) else None,
+                "hardening_factor": terms.hardening_factor,
                 "lambda": float(terms.lambdas.mean()), "synthetic_weight": terms.synthetic_weight,
+                "lambda_far": float(terms.lambdas[far].mean()) if bool(far.any()) else 1.0,
+                "share_far": float(far.float().mean()), "synthetic_accuracy": terms.synthetic_accuracy,
                 "j_m_real": terms.real.item(), "j_m_synthetic": terms.synthetic.item(),
                 "j_gen": terms.gen.item(), "j_recon": terms.recon.item(), "j_soft": terms.soft.item(),
                 "j_cls": terms.cls.item()}

@@ -11,14 +11,22 @@ index ranks first. Two modes:
 A query with no item of its class in the gallery (e.g. a one-image class in leave-one-out) is a miss at
 every K for Recall@K and is skipped by MAP@R and R-precision.
 
-Distances are computed in float64 as ||q||^2 + ||g||^2 - 2 q.g, so ties are detected exactly whenever
-the coordinates are exact in float64 products (small integers, dyadic fractions, duplicated points);
-for general float data, distances that differ only by rounding may compare as a tie or not, as in any
-k-NN library. Embeddings are used as given: normalise them before calling if you want cosine ranking.
+Distances are defined in float64 as ||q||^2 + ||g||^2 - 2 q.g (embeddings are first made float32), so ties
+are detected exactly whenever the coordinates are exact in float64 products (small integers, dyadic
+fractions, duplicated points); for general float data, distances that differ only by rounding may compare
+as a tie or not, as in any k-NN library. Embeddings are used as given: normalise them before calling if you
+want cosine ranking.
+
+Recall@K needs one number per query: its rank, the number of other-class items that come before its nearest
+same-class item. It is counted in one pass over float32 distance blocks (in leave-one-out over half the
+matrix, distances being symmetric), with a proven bound on float32's rounding: items surely closer and items
+possibly closer are counted apart, and a query whose two counts leave a K undecided is recomputed in float64.
+Results are therefore those of the float64 definition above; see `_first_match_ranks`.
 """
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
@@ -27,7 +35,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-_BLOCK_BYTES = 256 * 2**20  # memory of one chunk's float64 distance block when chunk_size is automatic
+_BLOCK_BYTES = 256 * 2**20  # memory of one chunk's float64 distance block when chunk_size is automatic (MAP@R)
+_EXACT_BYTES = 32 * 2**20  # float64 gallery slice, and a quarter of a distance block, for a few queries' ranks
 
 
 class _Search(NamedTuple):
@@ -102,41 +111,352 @@ def _chunk_rows(chunk_size, gallery_size: int) -> int:
     return int(chunk_size)
 
 
+def _block_side(chunk_size) -> int | None:
+    """chunk_size checked, as the side of the counting pass's square distance blocks (None: automatic)."""
+    return None if chunk_size is None else _chunk_rows(chunk_size, 1)
+
+
 # ------------------------------------------------------------------------------------------ chunked distances
-def _blocks(s: _Search, chunk_rows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (distances, same_class) for consecutive chunks of queries, both (chunk, gallery).
+def _sq_norms(x: torch.Tensor, rows: int = 8192) -> torch.Tensor:
+    """Squared row norms in float64 (exact products of the float32 coordinates), a chunk of rows at a time."""
+    return torch.cat([c.double().pow(2).sum(1) for c in x.split(rows)])
 
-    Distances are squared Euclidean in float64. In leave-one-out the query itself gets distance +inf and
-    same_class False, so it never ranks among the other items' and never counts as a match.
+
+def _blocks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (distances, same_class, query_index) for chunks of queries; distances and same_class (chunk, gallery).
+
+    `rows` selects the queries (default: all, in order). Distances are squared Euclidean in float64. In
+    leave-one-out the query itself gets distance +inf and same_class False, so it never ranks among the other
+    items' and never counts as a match. The gallery is converted to float64 once when every query is searched,
+    and a slice at a time for a subset of the queries (so a few queries cost no float64 copy of the gallery).
     """
-    g = s.gallery.double()
-    g_sq = g.pow(2).sum(1)
-    for start in range(0, len(s.queries), chunk_rows):
-        q = s.queries[start:start + chunk_rows].double()
-        dist = (q.pow(2).sum(1, keepdim=True) + g_sq - 2 * q @ g.T).clamp_(min=0)
-        same = s.query_labels[start:start + chunk_rows, None] == s.gallery_labels
+    whole = rows is None
+    rows = torch.arange(len(s.queries), device=s.queries.device) if whole else rows
+    g64 = s.gallery.double() if whole else None
+    g_sq = g64.pow(2).sum(1) if whole else _sq_norms(s.gallery)
+    slice_rows = max(1, _EXACT_BYTES // (8 * s.gallery.shape[1]))
+    for start in range(0, len(rows), chunk_rows):
+        index = rows[start:start + chunk_rows]
+        q = s.queries[index].double()
+        if whole:
+            prod = q @ g64.T
+        else:
+            prod = torch.empty(len(q), len(s.gallery), dtype=torch.float64, device=q.device)
+            for g_start in range(0, len(s.gallery), slice_rows):
+                g = s.gallery[g_start:g_start + slice_rows]
+                prod[:, g_start:g_start + len(g)] = q @ g.double().T
+        dist = (q.pow(2).sum(1, keepdim=True) + g_sq - 2 * prod).clamp_(min=0)
+        same = s.query_labels[index, None] == s.gallery_labels
         if s.leave_one_out:
-            rows = torch.arange(len(q), device=q.device)
-            dist[rows, rows + start] = math.inf
-            same[rows, rows + start] = False
-        yield dist, same
+            chunk = torch.arange(len(q), device=q.device)
+            dist[chunk, index] = math.inf
+            same[chunk, index] = False
+        yield dist, same, index
 
 
-def _first_match_ranks(s: _Search, chunk_rows: int) -> torch.Tensor:
-    """0-based rank of each query's nearest same-class item (+inf when it has none).
+def _exact_ranks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each query's nearest same-class item (+inf when it has none), from float64 distances.
 
     That rank is the number of other-class items closer than the nearest match (d*, index i*), plus those
-    at exactly d* with an index below i*; a query is a hit at K iff its rank is < K.
+    at exactly d* with an index below i*; a query is a hit at K iff its rank is < K. This is the definition
+    that `_first_match_ranks` computes faster; it is used for the queries whose rank that leaves open.
     """
     ranks = []
-    for dist, same in _blocks(s, chunk_rows):
+    for dist, same, _ in _blocks(s, chunk_rows, rows):
         d_star, i_star = dist.masked_fill(~same, math.inf).min(dim=1)  # min returns the first (lowest) index
         d_star, i_star = d_star[:, None], i_star[:, None]
         index = torch.arange(dist.shape[1], device=dist.device)
         before = (dist < d_star) | ((dist == d_star) & (index < i_star))
         rank = (before & ~same).sum(1).double()
         ranks.append(rank.masked_fill(~same.any(1), math.inf))
-    return torch.cat(ranks)
+    return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.float64, device=s.queries.device)
+
+
+# ----------------------------------------------------------------------------- fast ranks: one pass, bounded
+# The rank of a query is a count of other-class items below one threshold, its nearest match's distance d*.
+# `_first_match_ranks` finds d* among the few same-class items first, then counts every query's items below
+# it in one pass over float32 distance blocks -- in leave-one-out over the upper triangle only, each block
+# counted for its rows and for its columns. A float32 distance is off the exact one by at most
+# kappa * (|q|^2 + |g|^2) (see `_error_factor`), so each count is made twice: items surely below d* and items
+# that may be below or at it. Where the two counts bracket a K of interest, that query's rank is recomputed in
+# float64 by `_exact_ranks`; the result is therefore the float64 definition's for every query and every K.
+_FAST_BLOCK_BYTES = 16 * 2**20  # one float32 distance block of the counting pass (2048 x 2048)
+_MATCH_GROUP = 512  # queries per block when looking for the nearest same-class item
+_COPY_BYTES = 512 * 2**20  # sorted, augmented copies of the gallery and queries kept for the whole pass
+
+
+def _error_factor(dim: int, dtype: torch.dtype) -> float:
+    """kappa: |computed - exact squared distance| <= kappa * (|q|^2 + |g|^2) for the distances used here.
+
+    A distance is one dot product of length dim + 2, [q, |q|^2, 1] . [-2g, 1, |g|^2], whose rounding error is at
+    most gamma_(dim+2) * sum |terms| <= gamma * (2 + u) (|q|^2 + |g|^2) in any summation order (Higham, Accuracy
+    and Stability of Numerical Algorithms, 3.1), plus u * (|q|^2 + |g|^2) from rounding the squared norms.
+    The float64 reference has its own, far smaller, rounding; kappa covers it too, and 1 % more.
+    """
+    u = torch.finfo(dtype).eps / 2
+    k = dim + 2
+    gamma = k * u / (1 - k * u)
+    return 1.01 * ((2 + u) * gamma + u) + 8 * k * 2.0 ** -53
+
+
+def _fast_dtype(device: torch.device, largest_sq: float) -> torch.dtype:
+    """float32 when matrix products in float32 are IEEE float32 and the squared norms fit, else float64."""
+    ieee = torch.get_float32_matmul_precision() == "highest"
+    backend = {"cpu": getattr(torch.backends.mkldnn, "matmul", None),
+               "cuda": getattr(torch.backends.cuda, "matmul", None)}.get(device.type)
+    ieee &= getattr(backend, "fp32_precision", "none") in ("none", "ieee")
+    if device.type == "cuda":
+        ieee &= not torch.backends.cuda.matmul.allow_tf32
+    return torch.float32 if ieee and largest_sq < 2.0 ** 100 else torch.float64
+
+
+def _augmented(x: torch.Tensor, sq: torch.Tensor, dtype: torch.dtype, query: bool) -> torch.Tensor:
+    """Rows [x, |x|^2, 1] (query side) or [-2x, 1, |x|^2] (gallery side): their dot product is the distance."""
+    out = torch.empty(len(x), x.shape[1] + 2, dtype=dtype, device=x.device)
+    torch.mul(x, 1.0 if query else -2.0, out=out[:, :-2])
+    out[:, -2], out[:, -1] = (sq, 1.0) if query else (1.0, sq)
+    return out
+
+
+def _rounded(x: torch.Tensor, dtype: torch.dtype, down: bool) -> torch.Tensor:
+    """float64 thresholds in `dtype`, rounded outwards (down: never above x; else never below)."""
+    y = x.to(dtype)
+    if dtype != torch.float64:
+        wrong = y.double() > x if down else y.double() < x
+        y[wrong] = torch.nextafter(y[wrong], torch.tensor(-math.inf if down else math.inf, dtype=dtype,
+                                                           device=y.device))
+    return y
+
+
+def _partition(sorted_labels: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Consecutive [start, end) ranges of at most `size` items; a class is split only if it alone exceeds size."""
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])  # first item of each class
+    out, start, n = [], 0, len(sorted_labels)
+    while start < n:
+        end = min(start + size, n)
+        if end < n:
+            cut = starts[np.searchsorted(starts, end, side="right") - 1]  # start of the class holding item `end`
+            end = cut if cut > start else end
+        out.append((start, end))
+        start = end
+    return out
+
+
+class _Side(NamedTuple):
+    """One side of the search (queries or gallery), sorted by label."""
+
+    x: torch.Tensor  # embeddings, original order
+    order: torch.Tensor  # sorted position -> original index
+    labels: np.ndarray  # labels in sorted order (on the host: only compared, never computed with)
+    sq: torch.Tensor  # float64 squared norms, sorted order
+    blocks: list[tuple[int, int]]
+
+    def rows(self, a: int, b: int, dtype: torch.dtype, query: bool) -> torch.Tensor:
+        """Augmented rows of sorted positions a..b."""
+        return _augmented(self.x[self.order[a:b]], self.sq[a:b], dtype, query)
+
+
+def _side(x: torch.Tensor, labels: torch.Tensor, sq: torch.Tensor, block: int) -> _Side:
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order].cpu().numpy()
+    return _Side(x, order, sorted_labels, sq[order], _partition(sorted_labels, block))
+
+
+class _Augmented:
+    """Augmented rows of both sides, in sorted order, by sorted position ranges. Whole sorted copies are made
+    once (gallery first) as far as `budget` bytes allow; otherwise rows are gathered range by range."""
+
+    def __init__(self, qs: _Side, gs: _Side, dtype: torch.dtype, budget: int):
+        self.qs, self.gs, self.dtype = qs, gs, dtype
+        row_bytes = (qs.x.shape[1] + 2) * torch.finfo(dtype).bits // 8
+        self.g_all = self.q_all = None
+        if len(gs.order) * row_bytes <= budget:
+            self.g_all = gs.rows(0, len(gs.order), dtype, query=False)
+            budget -= len(gs.order) * row_bytes
+        if len(qs.order) * row_bytes <= budget:
+            self.q_all = qs.rows(0, len(qs.order), dtype, query=True)
+
+    def query(self, a: int, b: int) -> torch.Tensor:
+        return self.q_all[a:b] if self.q_all is not None else self.qs.rows(a, b, self.dtype, query=True)
+
+    def gallery(self, a: int, b: int) -> torch.Tensor:
+        return self.g_all[a:b] if self.g_all is not None else self.gs.rows(a, b, self.dtype, query=False)
+
+
+class _Host:
+    """The element-wise steps of the counting pass. On a CPU they run in NumPy, which compares and counts
+    faster than torch for these shapes, on a thread per direction (NumPy releases the GIL), and without
+    waiting on torch's other threads when the machine is busy. Elsewhere they stay in torch, on the device."""
+
+    def __init__(self, device: torch.device):
+        self.numpy = device.type == "cpu"
+        self.device = device
+        self._buffers: dict[tuple, np.ndarray] = {}  # reused: no fresh pages for every block
+        threads = min(2, torch.get_num_threads())
+        self._pool = ThreadPoolExecutor(threads) if self.numpy and threads > 1 else None
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def buffer(self, shape: tuple, name: str) -> np.ndarray:
+        key = (name, shape)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty(shape, bool)
+        return self._buffers[key]
+
+    def same(self, row_labels: np.ndarray, col_labels: np.ndarray):
+        same = row_labels[:, None] == col_labels[None, :]
+        return same if self.numpy else torch.from_numpy(same).to(self.device)
+
+    def masked_min(self, block: torch.Tensor, keep) -> torch.Tensor:
+        """Row minimum over the entries where `keep` is True (+inf where none)."""
+        if self.numpy:
+            b = block.numpy()
+            return torch.from_numpy(np.where(keep, b, np.inf).min(1).astype(np.float64))
+        return block.masked_fill(~keep, math.inf).amin(1).double()
+
+    def counts(self, block: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor] | None], exclude=None):
+        """For dim 1 (rows) and dim 0 (columns), bounds[dim] = (low, high) thresholds per row or column, or None:
+        per row or column, (entries < low, entries <= high), leaving out those where `exclude` is True."""
+        if not self.numpy:
+            out = []
+            for dim in (1, 0):
+                if bounds[dim] is None:
+                    out.append(None)
+                    continue
+                shape = (-1, 1) if dim == 1 else (1, -1)
+                low, high = (t.view(shape) for t in bounds[dim])
+                hits = [block < low, block <= high]
+                if exclude is not None:
+                    hits = [h & ~exclude for h in hits]
+                out.append(tuple(h.sum(dim) for h in hits))
+            return out[1], out[0]  # (rows, columns)
+        b = block.numpy()
+
+        def direction(dim):
+            if bounds[dim] is None:
+                return None
+            low, high = (t.numpy() for t in bounds[dim])
+            hit = self.buffer(b.shape, str(dim))
+            np.less_equal(b, high.reshape((-1, 1) if dim == 1 else (1, -1)), out=hit)
+            if exclude is not None:
+                np.greater(hit, exclude, out=hit)  # hit and not exclude
+            # the entries at most `high` are few (those ranked before the query's nearest match): the ones
+            # also below `low` are picked out of their list
+            flat = np.flatnonzero(hit)
+            owner = flat // b.shape[1] if dim == 1 else flat % b.shape[1]  # the row or column of each entry
+            below = b.ravel()[flat] < low[owner]
+            n = b.shape[1 - dim]
+            sure, maybe = np.bincount(owner[below], minlength=n), np.bincount(owner, minlength=n)
+            return torch.from_numpy(sure.astype(np.int64)), torch.from_numpy(maybe.astype(np.int64))
+
+        if self._pool is None or bounds[0] is None:
+            return direction(1), direction(0)
+        columns = self._pool.submit(direction, 0)
+        return direction(1), columns.result()
+
+
+def _nearest_match(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host, group: int, cols: int
+                   ) -> torch.Tensor:
+    """Per sorted query: the smallest computed distance to a same-class gallery item (+inf when none)."""
+    d_star = torch.full((len(s.queries),), math.inf, dtype=torch.float64)
+    for a, b in _partition(qs.labels, group):
+        c = int(np.searchsorted(gs.labels, qs.labels[a], "left"))  # the gallery items of these classes
+        d = int(np.searchsorted(gs.labels, qs.labels[b - 1], "right"))
+        q_aug = aug.query(a, b)
+        for c0 in range(c, d, cols):
+            c1 = min(c0 + cols, d)
+            keep = host.same(qs.labels[a:b], gs.labels[c0:c1])
+            if s.leave_one_out:  # sorted positions are the same on both sides: position p is the query itself
+                p = np.arange(max(a, c0), max(a, c0, min(b, c1)))
+                keep[p - a, p - c0] = False
+            nearest = host.masked_min(q_aug @ aug.gallery(c0, c1).T, keep).cpu()
+            d_star[a:b] = torch.minimum(d_star[a:b], nearest)
+    return d_star.to(s.queries.device)
+
+
+def _first_match_ranks(s: _Search, chunk_size: int | None, ks: list[int]) -> torch.Tensor:
+    """Per query, a rank r with (r < K) == (rank of its nearest same-class item < K) for every K in ks.
+
+    The rank is `_exact_ranks`'s; it is returned exactly where it decides a K, and as a lower bound that decides
+    every K the same way elsewhere (+inf for a query with no same-class item).
+    """
+    device = s.gallery.device
+    host = _Host(device)
+    q_sq = _sq_norms(s.queries)
+    g_sq = q_sq if s.leave_one_out else _sq_norms(s.gallery)
+    dtype = _fast_dtype(device, max(q_sq.max().item(), g_sq.max().item()))
+    kappa = _error_factor(s.gallery.shape[1], dtype)
+    block = chunk_size or math.isqrt(_FAST_BLOCK_BYTES * 8 // torch.finfo(dtype).bits)
+    qs = _side(s.queries, s.query_labels, q_sq, block)
+    gs = qs if s.leave_one_out else _side(s.gallery, s.gallery_labels, g_sq, block)
+    aug = _Augmented(qs, gs, dtype, _COPY_BYTES)
+
+    # 1. d*, the nearest same-class distance, computed in `dtype`; the exact one lies within d_err of it, where
+    #    d_err is bounded by the largest squared norm among the query's same-class gallery items
+    group = min(chunk_size or _MATCH_GROUP, _MATCH_GROUP)
+    d_star = _nearest_match(s, qs, gs, aug, host, group, max(group, block))
+    classes, first = np.unique(gs.labels, return_index=True)
+    class_sq = torch.from_numpy(np.maximum.reduceat(gs.sq.cpu().numpy(), first)).to(device)
+    at = torch.from_numpy(np.searchsorted(classes, qs.labels).clip(max=len(classes) - 1)).to(device)
+    has_match = torch.isfinite(d_star)
+    d_err = kappa * (qs.sq + class_sq[at])
+    low = torch.where(has_match, d_star - d_err, -math.inf)  # the exact d* lies in [low, high]
+    high = torch.where(has_match, d_star + d_err, -math.inf)  # (no match: count nothing)
+
+    # 2. one pass over the blocks: items surely below d* (`sure`) and possibly below or at it (`maybe`)
+    n_q = len(s.queries)
+    sure = torch.zeros(n_q, dtype=torch.int64, device=device)
+    maybe = torch.zeros(n_q, dtype=torch.int64, device=device)
+    g_block_sq = [gs.sq[a:b].max() for a, b in gs.blocks]
+    q_block_sq = [qs.sq[a:b].max() for a, b in qs.blocks]
+    def bounds(rows: slice, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Thresholds in `dtype` for these queries: below the first, surely closer than d*; above the second,
+        surely farther."""
+        return _rounded(low[rows] - err, dtype, down=True), _rounded(high[rows] + err, dtype, down=False)
+
+    buffer = torch.empty(0, dtype=dtype, device=device)  # one block's distances, reused
+    try:
+        for i, (a, b) in enumerate(qs.blocks):
+            q_aug = aug.query(a, b)
+            for j, (c, d) in enumerate(gs.blocks):
+                if s.leave_one_out and j < i:
+                    continue  # the lower triangle is the upper one's transpose
+                if buffer.numel() < (b - a) * (d - c):
+                    buffer = torch.empty((b - a) * (d - c), dtype=dtype, device=device)
+                dist = buffer[:(b - a) * (d - c)].view(b - a, d - c)
+                torch.matmul(q_aug, aug.gallery(c, d).T, out=dist)
+                overlap = qs.labels[a] <= gs.labels[d - 1] and gs.labels[c] <= qs.labels[b - 1]
+                same = host.same(qs.labels[a:b], gs.labels[c:d]) if overlap else None  # (also the query itself)
+                # the error of a distance in this block is at most kappa * (its query's + the largest gallery |g|^2)
+                row_bounds = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[j]))
+                col_bounds = None
+                if s.leave_one_out and j != i:  # the same block seen from its columns' queries
+                    col_bounds = bounds(slice(c, d), kappa * (gs.sq[c:d] + q_block_sq[i]))
+                rows, columns = host.counts(dist, [col_bounds, row_bounds], same)
+                sure[a:b] += rows[0]
+                maybe[a:b] += rows[1]
+                if columns is not None:
+                    sure[c:d] += columns[0]
+                    maybe[c:d] += columns[1]
+    finally:
+        host.close()
+    del aug, buffer
+
+    # 3. float64 ranks where the two counts leave a K open
+    ranks = sure.double().masked_fill_(~has_match, math.inf)
+    open_k = torch.zeros(n_q, dtype=torch.bool, device=device)
+    for k in ks:
+        open_k |= has_match & (sure < k) & (maybe >= k)
+    if open_k.any():
+        positions = open_k.nonzero()[:, 0]
+        rows = max(1, _EXACT_BYTES // (8 * len(s.gallery)))  # a few float64 (rows, gallery) blocks at a time
+        ranks[positions] = _exact_ranks(s, rows, qs.order[positions])
+    out = torch.empty_like(ranks)
+    out[qs.order] = ranks
+    return out
 
 
 def _nearest(dist: torch.Tensor, r: int) -> torch.Tensor:
@@ -157,7 +477,7 @@ def _map_r_and_rp(s: _Search, chunk_rows: int) -> tuple[float, float]:
     if max_r < 1:
         return math.nan, math.nan
     ap, rp = [], []
-    for dist, same in _blocks(s, chunk_rows):
+    for dist, same, _ in _blocks(s, chunk_rows):
         r = same.sum(1, keepdim=True).double()
         hit = same.gather(1, _nearest(dist, max_r))
         hit &= torch.arange(1, max_r + 1, device=hit.device) <= r  # only the first R positions count
@@ -199,11 +519,12 @@ def recall_at_k(embeddings, labels, ks, query_embeddings=None, query_labels=None
                 chunk_size: int | None = None) -> dict[int, float]:
     """Recall@K for each K in `ks`: fraction of queries with a same-class item among their K nearest.
 
-    `chunk_size` queries are processed at a time (default: as many as fit a ~256 MB distance block).
+    Distances are computed in square blocks of `chunk_size` queries by `chunk_size` gallery items (default:
+    2048 x 2048, 16 MB); memory beyond the inputs stays under ~1 GB at Stanford Online Products' size.
     """
     ks = _ks(ks)
     s = _search(embeddings, labels, query_embeddings, query_labels)
-    ranks = _first_match_ranks(s, _chunk_rows(chunk_size, len(s.gallery)))
+    ranks = _first_match_ranks(s, _block_side(chunk_size), ks)
     return {k: (ranks < k).double().mean().item() for k in ks}
 
 
@@ -247,7 +568,7 @@ def evaluate(embeddings, labels, ks: Iterable[int], query_embeddings=None, query
     ks = _ks(ks)
     s = _search(embeddings, labels, query_embeddings, query_labels)
     rows = _chunk_rows(chunk_size, len(s.gallery))
-    ranks = _first_match_ranks(s, rows)
+    ranks = _first_match_ranks(s, _block_side(chunk_size), ks)
     scores = {f"R@{k}": (ranks < k).double().mean().item() for k in ks}
     scores["MAP@R"], scores["RP"] = _map_r_and_rp(s, rows)
     clusters = _kmeans(s.queries, s.query_labels, seed)

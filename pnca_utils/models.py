@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 
 class SmallCNN(nn.Module):
     """Four conv blocks (conv-BN-ReLU ×2, then 2×2 max-pool except after the last); returns a feature map."""
@@ -32,12 +34,17 @@ def resnet50_backbone(weights_path: str | Path | None = None) -> nn.Module:
 
     net = resnet50(weights=None)
     if weights_path is not None:
-        path = Path(weights_path)
+        path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(
                 f"ResNet-50 weights not found at {path}. Nothing is downloaded: put torchvision's "
                 "resnet50 ImageNet state dict (e.g. resnet50-0676ba61.pth) there, or pass no weights.")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # not a torch file, or the state dict of another network
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{path} is not a torchvision ResNet-50 state dict ({detail[:300]}); use the "
+                              "file torchvision saves for resnet50 ImageNet weights, e.g. resnet50-0676ba61.pth") from err
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
     body.out_channels = 2048
     return body

@@ -16,14 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import losses
+from . import distributed, losses
 from .config import Config, ConfigError
 from .data import RetrievalData, load_data
 from .data.base import split_classes
 from .hdml import HDML
 from .metrics import evaluate, recall_at_k
 from .models import EmbeddingNet, build_model
-from .samplers import make_batch_sampler
+from .samplers import DistributedBatchSampler, make_batch_sampler
 
 
 class TrainingError(RuntimeError):
@@ -124,7 +124,8 @@ def _write_json(obj, path: Path) -> None:
 
 def prepare(config: Config, data: RetrievalData | None = None) -> tuple[RetrievalData, RetrievalData]:
     """(data to train on, data to evaluate on): the test classes, or held-out training classes."""
-    data = data if data is not None else load_data(config.dataset, config.data_root, config.image_size)
+    if data is None:
+        data = load_data(config.dataset, config.data_root, config.image_size, config.skip_bad_images)
     if config.eval_split == "test":
         return data, data
     try:
@@ -157,6 +158,7 @@ def _check_resumable(saved: dict, config: Config, epoch: int, path: Path) -> Non
     """A checkpoint resumes `config` if only `epochs` differs (and the schedule does not depend on it)."""
     ignore = {"epochs"} if config.lr_schedule != "cosine" else set()
     current = config.to_dict()
+    saved = {**Config().to_dict(), **saved}  # fields added to Config since the checkpoint: their defaults
     if saved.keys() != current.keys() or any(saved[k] != v for k, v in current.items() if k not in ignore):
         raise TrainingError(f"{path} was written by another config; use another --out or delete it")
     if epoch > config.epochs:
@@ -164,29 +166,61 @@ def _check_resumable(saved: dict, config: Config, epoch: int, path: Path) -> Non
                             "use another --out or delete it")
 
 
+def _check_finite(loss: float, epoch: int, step: int, out: Path | None) -> None:
+    if not math.isfinite(loss):
+        kept = f"{out / 'checkpoint.pt'} keeps the last good epoch. " if out is not None else ""
+        raise TrainingError(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                            f"{kept}Lower the learning rates or clip gradients.")
+
+
 def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path | None = None,
         progress: bool = True, resume: bool = True) -> FitResult:
-    """Train `config` and evaluate it; with `out_dir`, checkpoint each epoch, resume, write metrics.json."""
+    """Train `config` and evaluate it; with `out_dir`, checkpoint each epoch, resume, write metrics.json.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process runs this same call: data-parallel over
+    the processes with the same global batch (see `pnca_utils.distributed`); rank 0 evaluates
+    and writes the files, and every process returns the same metrics.
+    """
     config.validate()
     started = time.perf_counter()
+    processes = distributed.world_size()
+    if processes > 1 and config.method.startswith("hdml-"):
+        raise ConfigError(f"method {config.method!r} trains in one process only (its generator and classifier "
+                          f"have their own optimisers); run it without torchrun (WORLD_SIZE={processes})")
+    ctx = distributed.context(config.device)
     train_data, eval_data = prepare(config, data)
     model, proxies = build(config, train_data.num_channels, train_data.num_train_classes)
     if proxies is not None:
         proxies.data = proxies.data.to(config.device)
+    if ctx.is_distributed:
+        if ctx.rank > 0:  # other random draws (augmentation) than rank 0's; DDP copies rank 0's weights
+            torch.manual_seed(config.seed + 1_000_003 * ctx.rank)
+        distributed.convert_sync_batchnorm(model, config.device)  # batch statistics of the whole batch
+        trainable, wrapped_frozen = distributed.Trainable(model, proxies), None
+    net = model  # what the forward pass goes through: the model, or the model under DDP
     optimizer = _optimizer(config, model, proxies)
     scheduler = _scheduler(config, optimizer)
     metric_params = [p for g in optimizer.param_groups for p in g["params"]]
     # HDML: generator, classifier, their optimisers and J_avg; the metric optimiser stays the one above
     hdml = HDML.from_config(config, model, train_data.num_train_classes) if config.method.startswith("hdml-") else None
+    amp = distributed.MixedPrecision(config.amp, config.device,
+                                     "HDML has no mixed-precision path" if hdml is not None else "")
     try:
         batches = make_batch_sampler(train_data.train.labels, config.sampler, config.batch_size,
-                                     config.images_per_class, config.seed)
+                                     config.images_per_class, config.seed,
+                                     getattr(train_data.train, "classes", None))
     except ValueError as err:
         raise ConfigError(f"{err} (training set: {len(train_data.train)} images, "
                           f"{train_data.num_train_classes} classes)") from None
     if len(batches) == 0:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the training set "
                           f"({len(train_data.train)} images)")
+    if ctx.is_distributed:  # this process's slice of each global batch
+        try:
+            batches = DistributedBatchSampler(batches, ctx.rank, ctx.world_size)
+        except ValueError as err:
+            raise ConfigError(f"{err} (batch_size={config.batch_size} is the global batch, "
+                              f"WORLD_SIZE={ctx.world_size})") from None
     loader = DataLoader(train_data.train, batch_sampler=batches, num_workers=config.num_workers)
     history = {"epochs": [], "steps": []}
     out = Path(out_dir) if out_dir is not None else None
@@ -204,7 +238,9 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
             scheduler.load_state_dict(state["scheduler"])
             if hdml is not None:
                 hdml.load_checkpoint(state["hdml"])
-            torch.set_rng_state(state["rng"])
+            amp.load_state_dict(state.get("scaler"))
+            ranks = state.get("rng_ranks") or []
+            torch.set_rng_state((ranks[ctx.rank] if len(ranks) == ctx.world_size else state["rng"]).cpu())
             history, start_epoch = state["history"], state["epoch"]
 
     for epoch in range(start_epoch, config.epochs):
@@ -214,35 +250,49 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
             p.requires_grad_(not frozen)
         if frozen:
             model.backbone.eval()
+        if ctx.is_distributed and frozen != wrapped_frozen:  # DDP syncs the parameters trainable now
+            net, wrapped_frozen = None, frozen
+            net = distributed.wrap(trainable, config.device)
         batches.set_epoch(epoch)
         t0, epoch_losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.is_main),
+                   leave=False)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(config.device), y.to(config.device)
             if hdml is None:
-                emb = model(x)
+                with amp.autocast():
+                    emb = net(x)
+                emb = emb.float()  # the loss in float32 (a no-op without amp)
                 emb.retain_grad()
-                loss = _loss(config, emb, y, proxies)
+                if ctx.is_distributed and config.method in distributed.GATHERED_METHODS:
+                    loss = _loss(config, *distributed.gather_batch(emb, y), proxies)  # the whole batch's pairs
+                else:
+                    loss = _loss(config, emb, y, proxies)
             else:
                 terms = hdml.losses(model, x, y)
                 emb, loss = terms.embeddings, terms.metric
-            if not torch.isfinite(loss):
-                kept = f"{out / 'checkpoint.pt'} keeps the last good epoch. " if out is not None else ""
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                    f"{kept}Lower the learning rates or clip gradients.")
+            if not ctx.is_distributed:  # processes check after the backward pass, on the batch's loss
+                _check_finite(loss.item(), epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
             if hdml is None:
-                loss.backward()
+                amp.backward(loss)
                 extra = {}
             else:  # each HDML loss reaches only its own parameters; steps the generator and classifier
                 extra = hdml.backward(terms, metric_params)
-            record = {"epoch": epoch + 1, "loss": loss.item(), "grad_embeddings": float(emb.grad.norm(dim=1).mean()),
+            scale = amp.unscale(optimizer)
+            # over processes: the batch's loss; each process's embedding gradients are world_size times
+            # one process's (its loss is a mean over its slice, or the gathered batch's loss on every process)
+            loss_value, grad_embeddings = ctx.mean(
+                [loss.item(), float(emb.grad.norm(dim=1).mean()) / (scale * ctx.world_size)], config.device)
+            if ctx.is_distributed:
+                _check_finite(loss_value, epoch, step, out)
+            record = {"epoch": epoch + 1, "loss": loss_value, "grad_embeddings": grad_embeddings,
                       "grad_embedding_layer": _grad_norm(model.embedding.parameters()),
                       "grad_backbone": _grad_norm(model.backbone.parameters()),
                       "grad_proxies": _grad_norm([proxies]) if proxies is not None else 0.0, **extra}
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(metric_params, config.grad_clip)
-            optimizer.step()
+            amp.step(optimizer)
             history["steps"].append(record)
             epoch_losses.append(record["loss"])
             bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -252,25 +302,34 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
         for key in ("grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
             row[key] = float(np.mean([s[key] for s in history["steps"][-len(epoch_losses):]]))
         if epoch + 1 == config.epochs:  # the final evaluation gives the last epoch's R@1
-            metrics = evaluate_model(model, eval_data, config.device, config.seed)
+            metrics = ctx.from_main(lambda: evaluate_model(model, eval_data, config.device, config.seed))
             row["R@1"] = metrics["R@1"]
         elif (epoch + 1) % config.eval_every == 0:
-            row["R@1"] = _recall_at_1(model, eval_data, config.device)
+            row["R@1"] = ctx.from_main(lambda: _recall_at_1(model, eval_data, config.device))
         history["epochs"].append(row)
         if out is not None:
-            _save_atomic({"model": model.state_dict(), "proxies": None if proxies is None else proxies.detach(),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1,
-                          "hdml": None if hdml is None else hdml.checkpoint(),
-                          "config": config.to_dict()}, out / "checkpoint.pt")
+            rng_ranks = ctx.all_objects(torch.get_rng_state()) if ctx.is_distributed else None
+            state = {"model": model.state_dict(), "proxies": None if proxies is None else proxies.detach(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1,
+                     "hdml": None if hdml is None else hdml.checkpoint(), "config": config.to_dict()}
+            if rng_ranks is not None:
+                state["rng_ranks"] = rng_ranks
+            if amp.scaler is not None:
+                state["scaler"] = amp.state_dict()
+            if ctx.is_main:
+                _save_atomic(state, out / "checkpoint.pt")
 
     if metrics is None:  # resumed from a checkpoint that had every epoch
-        metrics = evaluate_model(model, eval_data, config.device, config.seed)
+        metrics = ctx.from_main(lambda: evaluate_model(model, eval_data, config.device, config.seed))
+    if ctx.is_distributed:
+        distributed.revert_sync_batchnorm(model)
     result = FitResult(model, proxies, history, metrics, config)
-    if out is not None:
+    if out is not None and ctx.is_main:
         metrics_out = {**metrics, "config": config.to_dict(), "seconds": time.perf_counter() - started}
         _write_json(history, out / "history.json")
         _write_json(metrics_out, out / "metrics.json")
+    ctx.barrier()  # the files are there before any process goes on
     return result
 
 

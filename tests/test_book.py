@@ -11,7 +11,8 @@ import jupytext
 import nbformat
 import pytest
 
-from pnca_utils.book import ChapterError, chapters, execute_chapter, main, run_book, to_notebook
+from pnca_utils.book import (ChapterError, ParameterError, chapter_parameters, chapters, check_parameters,
+                              execute_chapter, main, parse_parameters, run_book, to_notebook)
 
 CHAPTERS = chapters()
 IDS = [path.stem for path in CHAPTERS]
@@ -20,6 +21,13 @@ RESULT_KEYS = {  # keys of results/NN.json, as each chapter documents them
     "00": {"R@1", "R@2", "MAP@R", "RP", "NMI", "F1"},
     "01": {"size", "untrained", "proxynca", "nca", "tsne_r1"},
     "02": {"size", "proxynca", "assignment", "profiles"},
+    "03": {"size", "temperatures", "sweep", "untrained", "gaps", "tsne_r1", "paper_delta", "our_delta"},
+    "04": {"size", "max", "avg", "untrained", "activation"},
+    "05": {"size", "split", "gradients", "proxy_lr_sweep", "interaction", "untrained"},
+    "06": {"size", "full", "balanced", "layernorm", "image_size", "table"},
+    "07": {"size", "full", "ablation", "source"},
+    "08": {"size", "methods", "table", "source"},
+    "09": {"size", "presets", "table", "runs", "trained"},
 }
 # The data cache of `make book`: $PNCA_DATA_DIR as set when pytest started (this module is imported at
 # collection, before conftest's session fixture points the variable at a temporary folder), else data/.
@@ -123,6 +131,62 @@ def test_run_book_uses_this_interpreter_and_stops_at_first_failure(tmp_path, cap
     assert ok.cells[-1].outputs[0].text.split() == [sys.executable, "ci"]
     assert not (tmp_path / "out" / "03_never.ipynb").exists()
     assert "02_broken" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_chapter_accepts_the_runners_parameters(path):
+    check_parameters(path, {"size": "ci", "solutions": True, "out_dir": "/tmp/out", "seed": 1})
+    defaults = {"size": "default", "seed": 0, "out_dir": "build", "solutions": False}
+    assert defaults.items() <= chapter_parameters(path).items()
+
+
+@pytest.mark.parametrize("parameters, match", [
+    ({"size": 3}, r"size=3 is of type int; its parameters cell has size = 'default', of type str"),
+    ({"seed": "a"}, r"seed='a' is of type str; .* seed = 0, of type int"),
+    ({"seed": 1.5}, r"seed=1.5 is of type float"),
+    ({"solutions": 1}, r"solutions=1 is of type int; .* of type bool"),
+    ({"seed": True}, r"seed=True is of type bool"),
+    ({"size": "huge"}, r"size='huge' is not one of ci, default, full"),
+    ({"sise": "ci"}, r"has no parameter 'sise'; its parameters are .*size"),
+], ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_wrong_parameter_is_rejected_before_anything_runs(parameters, match, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ParameterError, match=match):
+        execute_chapter(CHAPTERS[0], out, parameters)
+    assert not out.exists()
+
+
+def test_parameters_with_a_none_default_take_any_value(tmp_path):
+    chapter = tmp_path / "01_x.py"
+    chapter.write_text(CHAPTER_TEMPLATE.replace('out_dir = "build"', 'out_dir = "build"\nepochs = None\nlr = 0.1')
+                       .format(body="print(size)"))
+    check_parameters(chapter, {"epochs": 3, "lr": 1})  # an int where the cell has a float is fine too
+    check_parameters(chapter, {"epochs": None, "lr": 2e-2})
+    with pytest.raises(ParameterError, match="lr='fast'"):
+        check_parameters(chapter, {"lr": "fast"})
+
+
+def test_run_book_checks_every_chapter_before_running_one(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "01_first.py").write_text(CHAPTER_TEMPLATE.format(body="print(size)"))
+    (book / "02_seeded.py").write_text(CHAPTER_TEMPLATE.replace('out_dir = "build"', 'out_dir = "build"\nseed = 0')
+                                       .format(body="print(seed)"))
+    with pytest.raises(ParameterError, match="01_first has no parameter 'seed'"):
+        run_book("ci", tmp_path / "out", book_dir=book, parameters={"seed": 1})
+    assert not (tmp_path / "out").exists()
+
+
+def test_parameter_option_is_parsed_and_checked(tmp_path, capsys):
+    assert parse_parameters(["seed=1", "lr=2e-2", "dataset=cub", "data_root=None", "solutions=True", "name='a b'"]) == {
+        "seed": 1, "lr": 2e-2, "dataset": "cub", "data_root": None, "solutions": True, "name": "a b"}
+    out = tmp_path / "out"
+    assert main(["--only", IDS[0][:2], "-p", "seed=a", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: chapter ") and "seed='a' is of type str" in err and err.count("\n") == 1, err
+    assert main(["--only", IDS[0][:2], "-p", "seed", "--out", str(out)]) == 1
+    assert "-p expects NAME=VALUE" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_unknown_chapter_number_is_one_error_line(capsys):

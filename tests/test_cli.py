@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from pnca_utils import cli, training
+from pnca_utils import cli
 
 METRICS = {"R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R", "RP"}
 # The default embedded set (built once per session), one epoch from scratch at 16×16 to keep it fast.
@@ -60,8 +60,16 @@ def test_evaluate_reproduces_the_metrics(trained, tmp_path, capsys):
     ["--preset", "proxynca+++"],
     ["--size", "huge"],
     ["--set", "colour=red"],
+    ["--set", "method=arcface"],
     ["--set", "temperature=0"],
+    ["--set", "temperature=-0.1"],
     ["--set", "temperature=1/0"],
+    ["--set", "lr=0"],
+    ["--set", "lr=-4e-3"],
+    ["--set", "proxy_lr=0"],
+    ["--set", "images_per_class=0"],
+    ["--set", "skip_bad_images=maybe"],
+    ["--seed", "-1"],
     ["--set", "batch_size=30"],  # not divisible by 4 images per class
     ["--set", "batch_size=512"],  # 128 classes per batch, the set has 100
     ["--epochs", "two"],
@@ -94,7 +102,7 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
 
 def test_evaluate_defaults_to_the_checkpoints_data_and_split(tiny_data, tmp_path, capsys, monkeypatch):
     """A run on a folder data set with eval_split=val is evaluated on that set's validation classes."""
-    monkeypatch.setattr(training, "load_data", lambda *args: tiny_data)  # stands in for the folder set
+    monkeypatch.setattr(cli, "load_data", lambda *args, **kwargs: tiny_data)  # stands in for the folder set
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
     code, _, err = run(["train", "--dataset", "folder", "--data-root", str(tmp_path), "--size", "ci", "--epochs", "1",
                         "--quiet", "--set", "weights=None", "--set", "eval_split=val", "--set", "val_fraction=0.25",

@@ -1,7 +1,8 @@
 """Config: the paper's switches per preset, override order, validation and --set parsing."""
 import pytest
 
-from pnca_utils.config import METHOD_PRESETS, SIZE_PRESETS, Config, ConfigError, make_config, parse_overrides
+from pnca_utils.config import (DATA_PRESETS, METHOD_PRESETS, PAPER_DIMS, RECALL_KS, SIZE_PRESETS, Config, ConfigError,
+                               make_config, parse_overrides)
 
 
 def test_proxynca_plus_plus_preset_has_every_enhancement():
@@ -146,3 +147,72 @@ def test_calibrated_learning_rates_apply_to_the_embedded_set_only():
     assert make_config("proxynca").lr == CALIBRATED[("embedded", "proxynca")]["lr"]
     assert make_config("proxynca++", dataset="cub", data_root="x").lr == 4e-3  # the paper's value
     assert make_config("proxynca++", lr=1e-3).lr == 1e-3  # an override wins
+
+
+# ---------------------------------------------------------------- the paper's settings on real data sets
+
+def paper(dataset, preset="proxynca++", **overrides):
+    return make_config(preset, "paper", dataset=dataset, data_root="/data", weights=None, **overrides)
+
+
+@pytest.mark.parametrize("dataset, batch, per_class, proxy_lr", [
+    ("cub", 32, 4, 4e2), ("cars", 32, 4, 4e2), ("sop", 192, 3, 2.4e2), ("inshop", 192, 3, 2.4e3)])
+def test_paper_presets_follow_the_paper(dataset, batch, per_class, proxy_lr):
+    c = paper(dataset)
+    assert (c.arch, c.image_size, c.embedding_dim) == ("resnet50", 256, 2048)
+    assert (c.batch_size, c.images_per_class, c.classes_per_batch) == (batch, per_class, batch // per_class)
+    assert (c.lr, c.embedding_lr, c.proxy_lr) == (4e-3, None, proxy_lr)
+    assert (c.adam_eps, c.weight_decay, c.amp) == (1.0, 0.0, True)
+    assert c.temperature == pytest.approx(1 / 9)
+    assert (c.pooling, c.layernorm, c.sampler, c.positive_in_denominator) == ("max", True, "balanced", True)
+    assert 0 < c.warmup_epochs < c.epochs and c.grad_clip is not None
+    assert c.epochs - c.warmup_epochs == (40 if batch == 32 else 80)  # the official nb_epochs after warm-up
+
+
+@pytest.mark.parametrize("dataset", DATA_PRESETS)
+@pytest.mark.parametrize("dim", PAPER_DIMS)
+@pytest.mark.parametrize("preset", METHOD_PRESETS)
+def test_every_method_validates_at_paper_size(dataset, dim, preset):
+    c = paper(dataset, preset, embedding_dim=dim)
+    assert c.validate() is c and c.embedding_dim == dim and c.dataset == dataset
+    assert c.method == METHOD_PRESETS[preset]["method"]
+
+
+def test_paper_size_keeps_the_methods_switches():
+    original = paper("sop", "proxynca")  # the original ProxyNCA at the paper's data settings
+    assert (original.proxy_lr, original.sampler, original.pooling, original.temperature) == (None, "random", "avg", 1.0)
+    assert (original.batch_size, original.image_size, original.lr) == (192, 256, 4e-3)
+    assert paper("cub", "npair").images_per_class == 2  # N-pair batches win over the data set's 4
+    assert paper("cub", proxy_lr=1e2, epochs=3, warmup_epochs=1).proxy_lr == 1e2  # overrides win
+
+
+def test_paper_size_needs_a_real_data_set_and_a_weights_choice():
+    for dataset in ("embedded", "folder"):
+        with pytest.raises(ConfigError, match="size 'paper'.*dataset"):
+            make_config("proxynca++", "paper", dataset=dataset, data_root="/data", weights=None)
+    with pytest.raises(ConfigError, match="size 'paper'"):
+        make_config("proxynca++", "paper")
+    with pytest.raises(ConfigError, match="weights"):  # 'auto' would silently train from random weights
+        make_config("proxynca++", "paper", dataset="cub", data_root="/data")
+    with pytest.raises(ConfigError, match="data_root"):
+        make_config("proxynca++", "paper", dataset="cub", weights=None)
+    c = make_config("proxynca++", "paper", **parse_overrides(["dataset=cub", "data_root=/d", "weights=/w/r50.pth"]))
+    assert c.weights == "/w/r50.pth"  # a path is only opened when the model is built
+    with pytest.raises(ConfigError, match="ci, default, full, paper"):
+        make_config("proxynca++", "huge")
+
+
+def test_recall_ks_cover_the_papers_numbers():
+    from pnca_utils.paper import PROXYNCA_PP
+
+    assert set(RECALL_KS) == set(DATA_PRESETS)
+    for (dataset, dim), numbers in PROXYNCA_PP.items():
+        assert dim in PAPER_DIMS
+        assert {f"R@{k}" for k in RECALL_KS[dataset]} >= set(numbers)
+
+
+def test_amp_is_a_boolean_switch():
+    assert make_config("proxynca++", "ci").amp is False
+    assert make_config("proxynca++", "ci", **parse_overrides(["amp=true"])).amp is True
+    with pytest.raises(ConfigError, match="amp"):
+        make_config("proxynca++", "ci", amp="yes")

@@ -8,6 +8,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from pnca_utils.data import load_data
 from pnca_utils.data.base import DataError
 from pnca_utils.data.real import (LAYOUTS, REAL_LOADERS, check_images, load_cars, load_cub, load_folder,
                                   load_inshop, load_real, load_sop)
@@ -227,15 +228,51 @@ def test_bad_rows_and_names(tmp_path):
 
 # ---------------------------------------------------------------- damaged images
 
+MAKERS = {"cub": make_cub, "cars": make_cars, "sop": make_sop, "inshop": make_inshop, "folder": make_folder}
 
-def test_corrupt_image(tmp_path):
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_unreadable_image_is_named_or_skipped(tmp_path, name):
+    MAKERS[name](tmp_path)
+    intact = REAL_LOADERS[name](tmp_path, SIZE)
+    assert intact.skipped == ()
+    bad = intact.train.paths[0]
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=re.escape(f"cannot read image {bad}") + ".*skip_bad_images=True"):
+        REAL_LOADERS[name](tmp_path, SIZE)
+    data = load_real(name, tmp_path, SIZE, skip_bad_images=True)
+    assert data.skipped == (bad,) and bad not in data.train.paths
+    assert len(data.train) == len(intact.train) - 1 and len(data.test) == len(intact.test)
+    assert data.train.classes == intact.train.classes  # the class keeps its other image
+    assert load_data(name, tmp_path, SIZE, skip_bad_images=True).skipped == (bad,)
+
+
+def test_every_unreadable_image_is_counted(tmp_path):
     make_folder(tmp_path)
-    bad = tmp_path / "b" / "3.jpg"
-    bad.write_bytes(b"this is not a jpeg" * 10)
-    data = load_folder(tmp_path, SIZE)  # layout is fine: the file exists
-    i = data.test.paths.index(bad)
+    not_image = tmp_path / "b" / "3.jpg"
+    not_image.write_bytes(b"this is not a jpeg" * 10)
+    truncated = tmp_path / "c" / "d" / "e" / "1.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(DataError, match=r"\(2 unreadable images in all\)") as err:
+        load_folder(tmp_path, SIZE)
+    assert str(not_image) in str(err.value)  # the first one: splits, then classes, in order
+    data = load_folder(tmp_path, SIZE, skip_bad_images=True)
+    assert set(data.skipped) == {not_image, truncated} and len(data.test) == 4 - 1
+
+
+def test_skipping_can_leave_too_few_classes(tmp_path):
+    make_cub(tmp_path, classes=(1, 2, 101, 102), per_class=1)
+    (tmp_path / "images" / "102.Bird_102" / "Bird_102_0.jpg").write_text("gone bad")
+    with pytest.raises(DataError, match="test split has 1 class.*after leaving out 1 unreadable"):
+        load_cub(tmp_path, SIZE, skip_bad_images=True)
+
+
+def test_image_damaged_after_loading_is_named_when_read(tmp_path):
+    data = load_folder(make_folder(tmp_path), SIZE)
+    bad = data.test.paths[1]
+    bad.write_bytes(b"overwritten")
     with pytest.raises(DataError, match=re.escape(str(bad))):
-        data.test[i]
+        data.test[1]
     with pytest.raises(DataError, match=re.escape(str(bad))):
         check_images(data.test)
     clean, skipped = check_images(data.test, skip_bad=True)

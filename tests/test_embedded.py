@@ -105,3 +105,57 @@ def test_resize_to_another_image_size(tmp_path):
     assert image.shape == (1, 20, 20) and image.dtype == torch.float32
     assert -1 <= image.min() < image.max() <= 1 and label == 0
     assert len(data.train) == len(data.test) == 9
+
+
+def _digest(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()
+
+
+def test_generated_arrays_and_cache_name_are_pinned(tmp_path):
+    # digit_boxes replays the generation through _render_with_box: the images, and so the cache, must not change
+    assert EmbeddedSpec().key() == "6d1d55d491"
+    assert _digest(load_arrays(SMALL, tmp_path)) == "33aabc9e39fa3346c288b203f1e44a76ff5013db239f1738cae21a33c038e579"
+
+
+def test_digit_boxes_hold_the_digits(tmp_path, monkeypatch):
+    spec = replace(SMALL, image_size=48)
+    arrays = load_arrays(spec, tmp_path)
+    boxes = embedded.digit_boxes("all", spec=spec, cache_dir=tmp_path)
+    assert boxes.shape == (len(arrays["images"]), 4) and boxes.dtype == np.int64
+    top, left, bottom, right = boxes.T
+    assert (0 <= top).all() and (top < bottom).all() and (bottom <= 48).all()
+    assert (0 <= left).all() and (left < right).all() and (right <= 48).all()
+    assert ((right - left) > (bottom - top)).all()  # three digits side by side
+    for image, (t, l, b, r) in zip(arrays["images"], boxes):  # the digits are drawn bright over the clutter
+        inside = np.zeros(image.shape, bool)
+        inside[t:b, l:r] = True
+        assert image[inside].mean() > image[~inside].mean()
+    half = spec.num_classes // 2
+    np.testing.assert_array_equal(embedded.digit_boxes("test", spec=spec, cache_dir=tmp_path),
+                                  boxes[arrays["labels"] >= half])
+    np.testing.assert_allclose(embedded.digit_boxes("train", 24, spec=spec, cache_dir=tmp_path),
+                               boxes[arrays["labels"] < half] / 2)
+    assert len(list(tmp_path.glob("*.boxes.npy"))) == 1 and len(list(tmp_path.glob("*.npz"))) == 1
+
+    def no_replay(*args):
+        raise AssertionError("replayed although the boxes are cached")
+
+    monkeypatch.setattr(embedded, "_replay_boxes", no_replay)
+    np.testing.assert_array_equal(embedded.digit_boxes(spec=spec, cache_dir=tmp_path), boxes)
+    with pytest.raises(ValueError, match="split"):
+        embedded.digit_boxes("val", spec=spec, cache_dir=tmp_path)
+
+
+def test_digit_boxes_are_rebuilt_when_damaged_and_refuse_other_images(tmp_path):
+    boxes = embedded.digit_boxes(spec=SMALL, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.boxes.npy")
+    np.save(path, boxes[:3])
+    np.testing.assert_array_equal(embedded.digit_boxes(spec=SMALL, cache_dir=tmp_path), boxes)
+    other = load_arrays(SMALL, tmp_path)["images"].copy()
+    other[2] ^= 1
+    with pytest.raises(embedded.DataError, match="image 2"):
+        embedded._replay_boxes(SMALL, other)

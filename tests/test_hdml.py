@@ -9,7 +9,8 @@ from pnca_utils.data.base import RetrievalData
 from pnca_utils.hdml import HDML, RunningMean, harden_negative
 from pnca_utils.training import build, fit, untrained_metrics
 
-HDML_KEYS = {"j_avg", "lambda", "synthetic_weight", "j_m_real", "j_m_synthetic", "j_gen", "j_recon", "j_soft", "j_cls"}
+HDML_KEYS = {"j_avg", "j_gen_avg", "hardening_factor", "lambda", "lambda_far", "share_far", "synthetic_weight",
+             "synthetic_accuracy", "j_m_real", "j_m_synthetic", "j_gen", "j_recon", "j_soft", "j_cls"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -203,6 +204,9 @@ def test_each_loss_reaches_only_its_own_parameters(preset):
     assert all(not torch.equal(p, before[id(p)]) for p in cls)
     assert all(torch.equal(p, before[id(p)]) for p in metric)
     assert record["j_gen"] == pytest.approx(record["j_recon"] + config.hdml_softmax_factor * record["j_soft"])
+    assert record["j_avg"] == 1.0 and record["j_gen_avg"] == 1e4
+    assert record["hardening_factor"] == pytest.approx(math.exp(-config.hdml_alpha))
+    assert 0 <= record["synthetic_accuracy"] <= 1
     assert hdml.j_avg.value == pytest.approx(terms.real.item()) and hdml.j_gen.value == pytest.approx(terms.gen.item())
 
 
@@ -236,9 +240,20 @@ def test_fit_runs_every_triplet_and_npair_variant(tiny_data, preset):
     # J_avg needs 2 losses: nothing is hardened and the synthetic weight is 0 for the first 2 steps
     assert [s["j_avg"] is None for s in steps] == [True, True, False, False]
     assert [s["lambda"] for s in steps[:2]] == [1.0, 1.0] and [s["synthetic_weight"] for s in steps[:2]] == [0, 0]
+    assert [s["hardening_factor"] for s in steps[:2]] == [1.0, 1.0] and [s["lambda_far"] for s in steps[:2]] == [1, 1]
+    assert [s["j_gen_avg"] is None for s in steps] == [True, True, False, False]
     assert steps[2]["j_avg"] == pytest.approx((steps[0]["j_m_real"] + steps[1]["j_m_real"]) / 2)
+    assert steps[3]["j_gen_avg"] == pytest.approx((steps[1]["j_gen"] + steps[2]["j_gen"]) / 2)
     assert all(0 < s["lambda"] < 1 and 0 < s["synthetic_weight"] < 1 for s in steps[2:])
+    for s in steps[2:]:
+        assert s["hardening_factor"] == pytest.approx(math.exp(-config.hdml_alpha / s["j_avg"]))
+        assert s["synthetic_weight"] == pytest.approx(1 - math.exp(-config.hdml_beta / s["j_gen_avg"]))
+        # lambda = (d+ + (d- - d+) factor) / d- lies between the factor and 1 for a negative farther than the positive
+        assert s["hardening_factor"] <= s["lambda_far"] < 1 and 0 < s["share_far"] <= 1
     for s in steps:
+        # the negatives nearer than the positive keep lambda = 1
+        assert s["lambda"] == pytest.approx(s["share_far"] * s["lambda_far"] + 1 - s["share_far"])
+        assert 0 <= s["synthetic_accuracy"] <= 1
         w = s["synthetic_weight"]
         assert s["loss"] == pytest.approx((1 - w) * s["j_m_real"] + w * s["j_m_synthetic"], rel=1e-5)
         assert s["j_gen"] == pytest.approx(s["j_recon"] + config.hdml_softmax_factor * s["j_soft"], rel=1e-5)
@@ -294,3 +309,18 @@ def test_a_non_finite_generator_loss_updates_nothing():
     assert all(torch.equal(a, b) for a, b in zip(before, hdml.parameters()))
     assert all(p.grad is None for p in model.parameters())
     assert len(hdml.j_avg.values) == len(hdml.j_gen.values) == 0  # the running means are untouched
+
+
+@pytest.mark.parametrize("preset, share", [("hdml-triplet", 1 / 4), ("hdml-npair", 1 / 8)])
+def test_synthetic_accuracy_counts_the_negatives_class(preset, share):
+    """A classifier that always answers class 0 is right for exactly the negatives of class 0."""
+    config = hdml_config(preset)
+    model, _ = build(config, 1, 8)
+    hdml = HDML.from_config(config, model, 8)
+    with torch.no_grad():
+        hdml.classifier.weight.zero_()
+        hdml.classifier.bias.copy_(torch.arange(8, 0, -1, dtype=torch.float32))
+    terms = hdml.losses(model, *_batch(preset))
+    # triplet: every class is the negative of 3 of the 4 anchor classes equally often; N-pair: p_0 in 7 of 56 rows
+    assert terms.synthetic_accuracy == pytest.approx(share)
+    assert terms.far.dtype == torch.bool and terms.far.shape == terms.lambdas.shape

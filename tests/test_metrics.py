@@ -185,6 +185,75 @@ def test_query_class_missing_from_gallery_is_a_miss():
     assert map_at_r(gallery, g_labels, [[0.2], [0.9]], [A, C]) == 1.0  # the C query is skipped
 
 
+# ------------------------------------------------------------------------ fast ranks against float64 ranks
+# recall_at_k counts in float32 with a bound on its rounding and recomputes in float64 the queries the bound
+# leaves open (metrics._first_match_ranks); metrics._exact_ranks is the float64 definition it must reproduce.
+def near_ties(seed, n=300, dim=16, classes=40):
+    """Unit vectors in tight clusters, and copies of some items nudged by a few float32 ulps: distances that
+    float32 cannot order but float64 can."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(size=(classes, dim))[y] + 0.3 * rng.normal(size=(n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = x.astype(np.float32)
+    copies = rng.integers(0, n, n // 3)
+    x[copies[: n // 6]] = x[copies[n // 6:n // 3]]
+    nudge = rng.integers(-4, 5, size=(n // 3, dim)) * np.spacing(x[copies])
+    x[copies] += nudge.astype(np.float32)
+    return x, rng.integers(0, classes, n)  # labels drawn again: copies often land in other classes
+
+
+def mixed_norms(seed, n=200, dim=8):
+    """Norms from 1e-3 to 1e3, one class much larger than a block, a few one-image classes."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)) * 10.0 ** rng.uniform(-3, 3, size=(n, 1))
+    y = np.where(rng.random(n) < 0.4, 0, rng.integers(1, 30, n))
+    y[:5] = [101, 102, 103, 104, 105]
+    return x.astype(np.float32), y
+
+
+FAST_DATA = [continuous(20, dim=8), lattice(21, n=120), near_ties(22), near_ties(23, n=150, dim=64), mixed_norms(24)]
+FAST_IDS = ["gauss", "lattice", "near-ties", "near-ties-64d", "mixed-norms"]
+
+
+@pytest.mark.parametrize("x, y", FAST_DATA, ids=FAST_IDS)
+@pytest.mark.parametrize("query_gallery", [False, True], ids=["leave-one-out", "query-gallery"])
+def test_fast_ranks_decide_every_k_as_float64(x, y, query_gallery):
+    s = metrics._search(*(split(x, y, len(x) // 3) if query_gallery else (x, y, None, None)))
+    exact = metrics._exact_ranks(s, 64)
+    small = len(x) <= 120
+    for chunk in (None, 50) + ((8,) if small else ()):  # small blocks split classes and cut the triangle
+        # every K at once: the returned ranks must be the float64 ranks themselves
+        assert torch.equal(metrics._first_match_ranks(s, chunk, list(range(1, len(s.gallery) + 1))), exact)
+        # a few K: each must be decided as the float64 ranks decide it (elsewhere a lower bound is returned)
+        for ks in [(1,), (1, 2, 5), (3, 10, 30)]:
+            fast = metrics._first_match_ranks(s, chunk, list(ks))
+            for k in ks:
+                assert torch.equal(fast < k, exact < k), (chunk, ks, k)
+
+
+def test_fast_ranks_in_float64_when_float32_products_are_not_ieee():
+    x, y = near_ties(25)
+    want = recall_at_k(x, y, (1, 2, 4))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # may allow TF32 or bfloat16 products: float32 bounds fail
+        assert metrics._fast_dtype(torch.device("cpu"), 1.0) == torch.float64
+        assert recall_at_k(x, y, (1, 2, 4)) == want
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert metrics._fast_dtype(torch.device("cpu"), 1.0) == torch.float32
+    assert metrics._fast_dtype(torch.device("cpu"), 2.0 ** 120) == torch.float64
+
+
+def test_partition_keeps_classes_whole_unless_too_large():
+    labels = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 3, 3, 3, 4])
+    blocks = metrics._partition(labels, 4)
+    assert blocks[0] == (0, 4) and blocks[1] == (4, 6)  # class 2 would straddle 4: the block ends before it
+    assert blocks[2:] == [(6, 10), (10, 14)]  # class 3 (7 items) is split
+    assert blocks[-1][1] == len(labels) and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+
+
 # ------------------------------------------------------------------------------------ external references
 def test_recall_matches_faiss():
     faiss = pytest.importorskip("faiss")

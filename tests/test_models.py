@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from pnca_utils.models import EmbeddingNet, SmallCNN, build_model
+from pnca_utils.models import EmbeddingNet, SmallCNN, build_model, resnet50_backbone
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
@@ -81,3 +81,47 @@ def test_missing_weights_file_names_the_path(arch, tmp_path):
 def test_resnet50_needs_three_channels():
     with pytest.raises(ValueError, match="3-channel"):
         build_model("resnet50", 1, 8, "max", True)
+
+
+@pytest.fixture(scope="module")
+def resnet50_body():
+    """One randomly initialised ResNet-50 body (initialising one takes seconds on a CPU)."""
+    return resnet50_backbone(None)
+
+
+@pytest.mark.parametrize("dataset", ["cub", "cars", "sop", "inshop"])
+@pytest.mark.parametrize("dim", [2048, 512])
+def test_paper_presets_build_their_model(dataset, dim, resnet50_body, monkeypatch):
+    from pnca_utils import models
+    from pnca_utils.config import make_config
+
+    c = make_config("proxynca++", "paper", dataset=dataset, data_root="/data", weights=None, embedding_dim=dim)
+    asked = []
+    monkeypatch.setattr(models, "resnet50_backbone", lambda weights: asked.append(weights) or resnet50_body)
+    model = build_model(c.arch, 3, c.embedding_dim, c.pooling, c.layernorm, c.weights).eval()
+    assert asked == [None]  # the preset's arch is resnet50, built without weights here
+    assert model.backbone.out_channels == 2048 and model.embedding.weight.shape == (dim, 2048)
+    assert list(model.norm.parameters()) == []  # LayerNorm without affine parameters
+    with torch.no_grad():  # a small image is enough to check the shapes: the pooling is global
+        out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, dim) and torch.isfinite(out).all()
+
+
+def test_resnet50_loads_a_local_state_dict(tmp_path):
+    from torchvision.models import resnet50
+
+    source = resnet50(weights=None)
+    torch.save(source.state_dict(), tmp_path / "r50.pth")
+    model = build_model("resnet50", 3, 8, "max", True, weights=tmp_path / "r50.pth")
+    assert torch.equal(model.backbone[0].weight, source.conv1.weight)
+    assert torch.equal(model.backbone[7][2].conv3.weight, source.layer4[2].conv3.weight)
+
+
+def test_resnet50_rejects_a_file_that_is_not_its_state_dict(tmp_path):
+    from pnca_utils.config import ConfigError
+
+    torch.save(SmallCNN().state_dict(), tmp_path / "other.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    for name in ("other.pth", "text.pth"):
+        with pytest.raises(ConfigError, match=f"{name} is not a torchvision ResNet-50 state dict"):
+            build_model("resnet50", 3, 8, "max", True, weights=tmp_path / name)

@@ -99,3 +99,124 @@ def test_curves_checks_shapes():
     assert curves(x, {"y": x + 1}, "d", "y", logy=True).get_yscale() == "log"
     with pytest.raises(ValueError, match="shape"):
         curves(x, {"bad": x[:3]}, "d", "y")
+
+
+def test_hardening_picture_draws_every_point_and_checks_shapes():
+    from pnca_utils.plots import hardening_picture
+
+    hardened = np.array([[0.6, 0.8], [1.5, 2.0]])
+    ax = hardening_picture([0, 0], [1, 0], [3, 4], hardened, labels=["a", "b"], title="t")
+    assert [t.get_text() for t in ax.texts] == ["a", "b"] and ax.get_title() == "t"
+    assert len(ax.patches) == 1 and ax.patches[0].get_radius() == pytest.approx(1.0)  # the circle of radius d+
+    assert len(ax.get_legend().get_texts()) == 4
+    np.testing.assert_allclose(ax.collections[-1].get_offsets(), hardened)
+    with pytest.raises(ValueError, match="2-D points"):
+        hardening_picture([0, 0, 0], [1, 0, 0], [3, 4, 0], hardened)
+    with pytest.raises(ValueError, match="labels"):
+        hardening_picture([0, 0], [1, 0], [3, 4], hardened, labels=["only one"])
+
+
+def test_step_curves_leave_gaps_for_missing_values():
+    from pnca_utils.plots import step_curves
+
+    history = {"steps": [{"j": None, "w": 1.0}, {"j": 2.0, "w": 3.0}, {"j": 4.0, "w": 5.0}]}
+    fig = step_curves({"a": history, "b": {"steps": [{"w": 1.0}]}}, ["j", "w"], labels={"j": "J_avg"},
+                      smooth=2, logy=["w"], title="t")
+    j_ax, w_ax = fig.axes
+    assert j_ax.get_ylabel() == "J_avg" and w_ax.get_ylabel() == "w" and w_ax.get_yscale() == "log"
+    trend = j_ax.lines[1].get_ydata()
+    assert np.isnan(trend[0]) and list(trend[1:]) == [2.0, 3.0]
+    assert len(j_ax.lines) == 2 and len(w_ax.lines) == 4  # run b has no 'j'
+    assert fig._suptitle.get_text() == "t"
+    unsmoothed = step_curves({"a": history}, ["j"], raw=["j"]).axes[0]
+    assert len(unsmoothed.lines) == 1 and unsmoothed.get_xlabel() == "training step"
+    np.testing.assert_array_equal(unsmoothed.lines[0].get_ydata(), [np.nan, 2.0, 4.0])
+    with pytest.raises(ValueError, match="empty"):
+        step_curves({}, ["j"])
+
+
+def test_sweep_marks_values_references_and_checks_shapes():
+    from pnca_utils.plots import sweep
+
+    ax = sweep([1, 1 / 3, 1 / 9], {"R@1": [10.0, 20.0, 30.0], "MAP@R": [1.0, 2.0, 3.0]}, "T", "percent",
+               ticklabels=["1", "1/3", "1/9"], reference={"untrained": 5.0}, highlight=1 / 9, title="t")
+    assert ax.get_xscale() == "log" and ax.get_title() == "t"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "1/3", "1/9"]
+    assert list(ax.lines[0].get_ydata()) == [10.0, 20.0, 30.0] and ax.lines[2].get_ydata()[0] == 5.0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["R@1", "MAP@R", "untrained"]
+    assert len(ax.patches) == 1  # the highlighted value
+    with pytest.raises(ValueError, match="tick labels"):
+        sweep([1, 2], {"a": [1, 2]}, "x", "y", ticklabels=["1"])
+    with pytest.raises(ValueError, match="values"):
+        sweep([1, 2], {"a": [1, 2, 3]}, "x", "y")
+
+
+def test_activation_overlays_rows_boxes_and_checks():
+    from pnca_utils.plots import activation_overlays
+
+    images = np.zeros((3, 16, 16), np.uint8)
+    maps = {"winners": np.ones((3, 4, 4)), "sum": np.zeros((3, 4, 4))}
+    boxes = np.array([[2, 3, 8, 12]] * 3)
+    fig = activation_overlays(images, maps, boxes, titles=["a", "b", "c"], title="t")
+    axes = np.array(fig.axes).reshape(3, 3)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["image", "winners", "sum"]
+    assert [ax.get_title() for ax in axes[0]] == ["a", "b", "c"]
+    assert len(axes[0, 0].images) == 1 and len(axes[1, 0].images) == 2  # the image, then the map over it
+    rect = axes[2, 1].patches[0]
+    assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (3, 2, 9, 6)
+    assert fig._suptitle.get_text() == "t"
+    with pytest.raises(ValueError, match="maps"):
+        activation_overlays(images, {"bad": np.ones((2, 4, 4))})
+    with pytest.raises(ValueError, match="boxes"):
+        activation_overlays(images, maps, boxes[:2])
+    with pytest.raises(ValueError, match="titles"):
+        activation_overlays(images, maps, titles=["a"])
+
+
+def test_step_overlay_draws_every_key_on_one_axes():
+    from pnca_utils.plots import step_overlay
+
+    history = _history([1.0, 2.0, 3.0], [5.0])  # steps have "loss" and "grad"
+    ax = step_overlay(history, ["loss", "grad"], labels={"grad": "gradient"}, smooth=2, title="t")
+    assert len(ax.lines) == 4 and ax.get_yscale() == "log" and ax.get_title() == "t"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["loss", "gradient"]
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [1.0, 1.5, 2.5])  # moving average of 2
+    with pytest.raises(ValueError, match="not in the history"):
+        step_overlay(history, ["nope"])
+    with pytest.raises(ValueError, match="no steps"):
+        step_overlay({"steps": []}, ["loss"])
+
+
+def test_histograms_share_bins():
+    from pnca_utils.plots import histograms
+
+    ax = histograms({"a": [0.0, 1.0, 1.0], "b": [2.0, 3.0]}, "value", bins=6, density=False)
+    assert len(ax.patches) == 12 and ax.get_ylabel() == "count"
+    assert ax.patches[0].get_x() == pytest.approx(ax.patches[6].get_x())  # the same edges for both
+    assert sum(p.get_height() for p in ax.patches[:6]) == 3
+    assert histograms({"flat": [1.0, 1.0]}, "v").patches  # one value only still draws
+    with pytest.raises(ValueError, match="empty"):
+        histograms({}, "v")
+
+
+def test_image_rows_label_resolution():
+    from pnca_utils.plots import image_rows
+
+    fig = image_rows({"48 px": np.zeros((3, 48, 48), np.uint8), "32 px": np.zeros((3, 32, 32), np.uint8)}, title="t")
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert axes[0, 0].get_ylabel() == "48 px\n48×48" and axes[1, 0].get_ylabel() == "32 px\n32×32"
+    assert axes[1, 2].images[0].get_array().shape == (32, 32) and fig._suptitle.get_text() == "t"
+    with pytest.raises(ValueError, match="same number"):
+        image_rows({"a": np.zeros((2, 8, 8)), "b": np.zeros((3, 8, 8))})
+
+
+def test_delta_bars_colours_and_labels():
+    from pnca_utils.plots import delta_bars
+
+    ax = delta_bars({"worse": -3.0, "better": 1.5})
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["worse", "better"]
+    assert [p.get_width() for p in ax.patches] == [-3.0, 1.5]
+    assert [t.get_text() for t in ax.texts] == ["-3.0", "+1.5"]
+    assert ax.patches[0].get_facecolor()[0] > ax.patches[0].get_facecolor()[1]  # red for a drop
+    with pytest.raises(ValueError, match="empty"):
+        delta_bars({})

@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pnca_utils.samplers import ClassBalancedBatchSampler, RandomBatchSampler, make_batch_sampler
 
-# 10 classes: class k has k + 1 images (classes 0-2 are smaller than m = 4).
-LABELS = np.repeat(np.arange(10), np.arange(1, 11))
+# 10 classes: class k has k + 2 images (classes 0-1 are smaller than m = 4).
+LABELS = np.repeat(np.arange(10), np.arange(2, 12))
 
 
 def classes_per_batch(batch, labels):
@@ -30,7 +30,7 @@ def test_balanced_batches():
         assert len(counts) == 3 and set(counts.values()) == {4}
         for c in counts:
             mine = [i for i in batch if LABELS[i] == c]
-            if c + 1 >= 4:  # enough images: no repeats
+            if c + 2 >= 4:  # enough images: no repeats
                 assert len(set(mine)) == 4
             else:  # small class: every image, topped up with repeats
                 assert set(mine) == set(np.flatnonzero(LABELS == c).tolist())
@@ -75,6 +75,22 @@ def test_balanced_errors():
     for args in [(0, 2), (2, 0), (2, 2, 0)]:
         with pytest.raises(ValueError, match="at least 1"):
             ClassBalancedBatchSampler(LABELS, *args)
+
+
+def test_a_class_with_a_single_image_is_named():
+    """A balanced batch of m >= 2 images per class needs two distinct images of each class."""
+    labels = np.array([0, 0, 1, 2, 2, 3, 3, 3])
+    names = ["cat", "bird", "dog", "cow"]
+    with pytest.raises(ValueError, match=r"1 class\(es\) with a single image \('bird'\).*sampler='random'"):
+        make_batch_sampler(labels, "balanced", batch_size=4, images_per_class=2, class_names=names)
+    with pytest.raises(ValueError, match=r"single image \(1\)"):
+        ClassBalancedBatchSampler(labels, 2, 3)
+    many = np.repeat(np.arange(8), [1] * 7 + [3])
+    with pytest.raises(ValueError, match=r"7 class\(es\) .*\(0, 1, 2, 3, 4, \.\.\.\)"):
+        ClassBalancedBatchSampler(many, 2, 2)
+    # One image per class needs no pair, and random batches take any class.
+    assert all(len(b) == 2 for b in ClassBalancedBatchSampler(labels, 2, 1, num_batches=3))
+    assert len(make_batch_sampler(labels, "random", batch_size=4, images_per_class=2)) == 2
 
 
 def test_random_batches():

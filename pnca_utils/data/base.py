@@ -109,7 +109,8 @@ class RetrievalData:
     """A zero-shot retrieval data set: train classes, and test classes disjoint from them.
 
     Without `query`, evaluation is leave-one-out on `test`; with it (In-Shop), `query`
-    images are searched in the `test` gallery.
+    images are searched in the `test` gallery. `skipped` lists the unreadable image files
+    left out when the data set was loaded with `skip_bad_images=True`.
     """
 
     name: str
@@ -117,6 +118,7 @@ class RetrievalData:
     test: Dataset
     recall_ks: tuple[int, ...]
     query: Dataset | None = None
+    skipped: tuple[Path, ...] = ()
 
     @property
     def num_train_classes(self) -> int:

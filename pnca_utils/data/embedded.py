@@ -29,6 +29,7 @@ def default_cache() -> Path:
     return (Path(root) if root else Path(__file__).resolve().parents[2] / "data") / "embedded"
 
 GLYPH = 16  # side of an upscaled glyph, in pixels
+INK = 0.25  # a pixel of a rendered digit strip counts as ink above this intensity (digit_boxes)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,12 @@ def _warp(rng: np.random.Generator, glyph: np.ndarray) -> np.ndarray:
 
 def _render(rng: np.random.Generator, digits: tuple[int, ...], size: int, pool: dict[int, np.ndarray]) -> np.ndarray:
     """One uint8 image: the digits (new glyphs, pose, scale, position) over new clutter, partly occluded."""
+    return _render_with_box(rng, digits, size, pool)[0]
+
+
+def _render_with_box(rng: np.random.Generator, digits: tuple[int, ...], size: int,
+                     pool: dict[int, np.ndarray]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`_render`'s image (the same random draws) and the box (top, left, bottom, right) of the digits' ink."""
     glyphs = [_warp(rng, pool[d][int(rng.integers(len(pool[d])))]) for d in digits]
     gap = int(rng.integers(-3, 2))
     strip = np.zeros((GLYPH + 4, len(glyphs) * (GLYPH + gap) - gap + 4), np.float32)
@@ -124,7 +131,9 @@ def _render(rng: np.random.Generator, digits: tuple[int, ...], size: int, pool: 
         draw.line((x0, y - 4, x1, y + h + 4), fill=int(rng.integers(0, 140)), width=int(rng.integers(1, 3)))
     image = np.asarray(canvas, np.float32) / 255.0
     image = image + rng.normal(0, 0.06, image.shape).astype(np.float32)
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    rows, cols = np.flatnonzero((fg > INK).any(axis=1)), np.flatnonzero((fg > INK).any(axis=0))
+    box = (y + int(rows[0]), x + int(cols[0]), y + int(rows[-1]) + 1, x + int(cols[-1]) + 1)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), box
 
 
 def _build(spec: EmbeddedSpec) -> dict[str, np.ndarray]:
@@ -203,3 +212,49 @@ def load_source_task(image_size: int = 48, spec: EmbeddedSpec = EmbeddedSpec(),
         raise DataError("the embedded spec has source_images=0; the source task needs images")
     return TensorImageDataset(resize_images(arrays["source_images"], image_size), arrays["source_labels"],
                               tensor_transforms(image_size, image_size, train=True))
+
+
+def _replay_boxes(spec: EmbeddedSpec, images: np.ndarray) -> np.ndarray:
+    """Replay `_build`'s draws for the retrieval images and return their digit boxes; check the images match."""
+    _, retrieval_pool = _glyph_pools(spec.seed)
+    rng = np.random.default_rng(spec.seed + 1)
+    codes = rng.choice(10 ** spec.digits_per_class, spec.num_classes, replace=False)
+    class_digits = [tuple(int(c) for c in f"{code:0{spec.digits_per_class}d}") for code in codes]
+    labels = np.repeat(np.arange(spec.num_classes), spec.images_per_class)
+    boxes = np.zeros((len(labels), 4), np.int64)
+    for i, y in enumerate(labels):
+        image, boxes[i] = _render_with_box(rng, class_digits[y], spec.image_size, retrieval_pool)
+        if not np.array_equal(image, images[i]):
+            raise DataError(f"replaying the embedded set gave another image {i} than the cache holds: the cache "
+                            "was made by other code. Delete data/embedded/ to rebuild it.")
+    return boxes
+
+
+def digit_boxes(split: str = "all", image_size: int | None = None, spec: EmbeddedSpec = EmbeddedSpec(),
+                cache_dir: Path | str | None = None) -> np.ndarray:
+    """Where the digits are: one box (top, left, bottom, right) per retrieval image, around the digits' ink.
+
+    `split` is 'all' (the order of `load_arrays(spec)["images"]`), 'train' or 'test' (the order of
+    `load_embedded(...).train` / `.test`). Boxes are in pixels of the spec's images (bottom and right
+    exclusive, int) or, with `image_size`, scaled to images resized to that size (float). Occluding
+    strokes drawn over the digits are not excluded; clutter outside the box carries no label.
+    The boxes are recomputed by replaying the seeded generation, which must reproduce every cached
+    image, and are kept next to the images as `digits-<key>.boxes.npy`.
+    """
+    if split not in ("all", "train", "test"):
+        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache()
+    arrays = load_arrays(spec, cache)
+    path = cache / f"digits-{spec.key()}.boxes.npy"
+    boxes = np.load(path) if path.exists() else None
+    if boxes is None or boxes.shape != (len(arrays["images"]), 4) or boxes.dtype != np.int64:
+        boxes = _replay_boxes(spec, arrays["images"])
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, boxes)
+        os.replace(tmp, path)
+    if split != "all":
+        half = spec.num_classes // 2
+        boxes = boxes[arrays["labels"] < half] if split == "train" else boxes[arrays["labels"] >= half]
+    if image_size is None:
+        return boxes
+    return boxes * (image_size / spec.image_size)

@@ -2,10 +2,13 @@
 
 Each loader checks the layout (list files present, every listed image present, at least two
 classes on each side) before returning, and raises one `DataError` naming the folder and
-describing the expected layout (see `LAYOUTS`).
+describing the expected layout (see `LAYOUTS`). It then opens every image's header (PIL's
+`verify`): an unreadable file is named in a `DataError`, or, with `skip_bad_images=True`,
+left out and listed in the data set's `skipped`.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,18 +58,56 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
     )
 
 
+def _unreadable(path: Path) -> str | None:
+    """Why PIL cannot open `path` as an image (header and PIL's `verify`), or None when it can."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"  # UnidentifiedImageError is an OSError
+    return None
+
+
+def _bad_images(paths: Sequence[Path]) -> dict[Path, str]:
+    """{path: reason} for the unreadable images among `paths`, in their order (headers read in threads)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reasons = list(pool.map(_unreadable, paths))
+    return {p: why for p, why in zip(paths, reasons) if why is not None}
+
+
+def _without_bad_images(name: str, root: Path, splits: dict[str, Items],
+                        skip: bool) -> tuple[dict[str, Items], tuple[Path, ...]]:
+    """The splits without unreadable images, and those images; without `skip`, a DataError naming the first."""
+    bad = _bad_images([p for items in splits.values() for p, _ in items])
+    if not bad:
+        return splits, ()
+    if not skip:
+        path, why = next(iter(bad.items()))
+        more = f" ({len(bad)} unreadable images in all)" if len(bad) > 1 else ""
+        raise DataError(f"{name} data set at {root}: cannot read image {path} ({why}){more}. Remove or replace "
+                        "the file, or leave unreadable images out with skip_bad_images=True (CLI: --skip-bad-images)")
+    return {split: [(p, y) for p, y in items if p not in bad] for split, items in splits.items()}, tuple(bad)
+
+
 def _retrieval(name: str, root: Path, image_size: int, recall_ks: tuple[int, ...],
-               train: Items, test: Items, query: Items | None = None) -> RetrievalData:
-    """Check the splits, then build the data set; `query` and `test` share one label space."""
+               train: Items, test: Items, query: Items | None = None,
+               skip_bad_images: bool = False) -> RetrievalData:
+    """Check the splits and their images, then build the data set; `query` and `test` share one label space."""
     splits = {"train": train, "test": test} | ({"query": query} if query is not None else {})
-    for split, items in splits.items():
-        classes = {y for _, y in items}
-        if len(classes) < 2:
-            raise _error(name, root, f"the {split} split has {len(classes)} class(es) "
-                                     f"({len(items)} images); at least 2 are needed")
+    for items in splits.values():
         missing = next((p for p, _ in items if not p.is_file()), None)
         if missing is not None:
             raise _error(name, root, f"the listed image {missing} does not exist")
+    splits, skipped = _without_bad_images(name, root, splits, skip_bad_images)
+    for split, items in splits.items():
+        classes = {y for _, y in items}
+        if len(classes) < 2:
+            left = f", after leaving out {len(skipped)} unreadable images" if skipped else ""
+            raise _error(name, root, f"the {split} split has {len(classes)} class(es) "
+                                     f"({len(items)} images{left}); at least 2 are needed")
+    train, test, query = splits["train"], splits["test"], splits.get("query")
     evaluated = test + (query or [])
     shared = {y for _, y in train} & {y for _, y in evaluated}
     if shared:
@@ -78,7 +119,7 @@ def _retrieval(name: str, root: Path, image_size: int, recall_ks: tuple[int, ...
 
     classes = sorted({y for _, y in evaluated}) if query is not None else None
     return RetrievalData(name, dataset(train, True), dataset(test, False, classes), recall_ks,
-                         dataset(query, False, classes) if query is not None else None)
+                         dataset(query, False, classes) if query is not None else None, skipped)
 
 
 def _split_by_class(items: Items, last_train_class: int) -> tuple[Items, Items]:
@@ -87,7 +128,7 @@ def _split_by_class(items: Items, last_train_class: int) -> tuple[Items, Items]:
             [(p, y) for p, y in items if y > last_train_class])
 
 
-def load_cub(root, image_size: int) -> RetrievalData:
+def load_cub(root, image_size: int, skip_bad_images: bool = False) -> RetrievalData:
     """CUB-200-2011: classes 1-100 train, 101-200 test."""
     root = _root("cub", root)
     images = next((d for d in (root / "images", root / "CUB_200_2011" / "images") if d.is_dir()), None)
@@ -99,7 +140,8 @@ def load_cub(root, image_size: int) -> RetrievalData:
         if not number.isdigit():
             raise _error("cub", root, f"the class folder {folder} does not start with a class number like '001.'")
         items += [(p, int(number)) for p in _image_files(folder)]
-    return _retrieval("cub", root, image_size, (1, 2, 4, 8), *_split_by_class(items, 100))
+    return _retrieval("cub", root, image_size, (1, 2, 4, 8), *_split_by_class(items, 100),
+                      skip_bad_images=skip_bad_images)
 
 
 def _mat_value(value):
@@ -111,7 +153,7 @@ def _mat_value(value):
     return value
 
 
-def load_cars(root, image_size: int) -> RetrievalData:
+def load_cars(root, image_size: int, skip_bad_images: bool = False) -> RetrievalData:
     """Cars196 (from cars_annos.mat): classes 1-98 train, 99-196 test."""
     from scipy.io import loadmat
 
@@ -125,7 +167,8 @@ def load_cars(root, image_size: int) -> RetrievalData:
                         for a in annotations.ravel()]
     except Exception as err:  # unreadable file, missing struct or fields, odd values
         raise _error("cars", root, f"cannot read the annotations in {mat_file} ({type(err).__name__}: {err})") from err
-    return _retrieval("cars", root, image_size, (1, 2, 4, 8), *_split_by_class(items, 98))
+    return _retrieval("cars", root, image_size, (1, 2, 4, 8), *_split_by_class(items, 98),
+                      skip_bad_images=skip_bad_images)
 
 
 def _sop_list(root: Path, file_name: str) -> Items:
@@ -143,14 +186,15 @@ def _sop_list(root: Path, file_name: str) -> Items:
     return items
 
 
-def load_sop(root, image_size: int) -> RetrievalData:
+def load_sop(root, image_size: int, skip_bad_images: bool = False) -> RetrievalData:
     """Stanford Online Products: the Ebay_train.txt / Ebay_test.txt split (11318 / 11316 classes)."""
     root = _root("sop", root)
     return _retrieval("sop", root, image_size, (1, 10, 100, 1000),
-                      _sop_list(root, "Ebay_train.txt"), _sop_list(root, "Ebay_test.txt"))
+                      _sop_list(root, "Ebay_train.txt"), _sop_list(root, "Ebay_test.txt"),
+                      skip_bad_images=skip_bad_images)
 
 
-def load_inshop(root, image_size: int) -> RetrievalData:
+def load_inshop(root, image_size: int, skip_bad_images: bool = False) -> RetrievalData:
     """In-Shop Clothes: train = 'train' rows; query images are searched in the 'gallery' (`test`)."""
     root = _root("inshop", root)
     list_file = root / "list_eval_partition.txt"
@@ -166,10 +210,11 @@ def load_inshop(root, image_size: int) -> RetrievalData:
             raise _error("inshop", root, f"{list_file}, line {n}: expected 'image_name item_id train|query|gallery'")
         splits[fields[2]].append((base / fields[0], fields[1]))
     return _retrieval("inshop", root, image_size, (1, 10, 20, 30, 40, 50),
-                      splits["train"], splits["gallery"], splits["query"])
+                      splits["train"], splits["gallery"], splits["query"], skip_bad_images)
 
 
-def load_folder(root, image_size: int, split: float | tuple[Sequence[str], Sequence[str]] | None = None) -> RetrievalData:
+def load_folder(root, image_size: int, split: float | tuple[Sequence[str], Sequence[str]] | None = None,
+                skip_bad_images: bool = False) -> RetrievalData:
     """Any tree of images; the class is the image's folder path relative to root.
 
     Classes are sorted by name; `split` is the fraction of them (first ones) used for
@@ -197,7 +242,7 @@ def load_folder(root, image_size: int, split: float | tuple[Sequence[str], Seque
                                          f"(found: {classes[:5]}{' ...' if len(classes) > 5 else ''})")
     train = [(p, c) for c in train_classes for p in by_class[c]]
     test = [(p, c) for c in test_classes for p in by_class[c]]
-    return _retrieval("folder", root, image_size, (1, 2, 4, 8), train, test)
+    return _retrieval("folder", root, image_size, (1, 2, 4, 8), train, test, skip_bad_images=skip_bad_images)
 
 
 REAL_LOADERS: dict[str, Callable[..., RetrievalData]] = {
@@ -218,17 +263,11 @@ def check_images(dataset: ImageListDataset, skip_bad: bool = False) -> tuple[Ima
     A bad image raises a DataError naming it, unless `skip_bad`: then a new data set without
     the bad images is returned, with the same label space (labels of kept images unchanged).
     """
-    from PIL import Image
-
-    bad = set()
-    for i, path in enumerate(dataset.paths):
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
-            if not skip_bad:
-                raise DataError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
-            bad.add(i)
+    reasons = _bad_images(dataset.paths)
+    if reasons and not skip_bad:
+        path, why = next(iter(reasons.items()))
+        raise DataError(f"cannot read image {path} ({why}). Remove or replace the file.")
+    bad = {i for i, path in enumerate(dataset.paths) if path in reasons}
     if not bad:
         return dataset, 0
     keep = [i for i in range(len(dataset)) if i not in bad]

@@ -1,0 +1,279 @@
+"""The seeded ablation grid of ProxyNCA++ (and the HDML comparison): variants, runs, aggregation.
+
+A grid is a list of `Variant`s, each a method preset plus config changes. `run_grid` trains every
+variant for every seed (runs are cached by config, and an interrupted grid resumes), writes
+`runs.csv`; `summarize` turns it into mean ± std, 95 % intervals and paired differences.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from tqdm.auto import tqdm
+
+from . import paper
+from .config import Config, ConfigError, make_config
+from .runs import cached_fit, run_key
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results" / "embedded"  # where `make reproduce` writes
+PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
+GRIDS = ("proxynca++", "hdml")
+SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")
+
+
+def smaller_image_size(image_size: int) -> int:
+    """The 'smaller images' ablation: 256 → 227 as in the paper; else two thirds, on a multiple of 8 (48 → 32)."""
+    if image_size in PAPER_SMALL_IMAGES:
+        return PAPER_SMALL_IMAGES[image_size]
+    return max(16, 8 * round(image_size * 2 / 3 / 8))
+
+
+@dataclass(frozen=True)
+class Component:
+    """One ProxyNCA++ enhancement and the config change that removes it."""
+
+    name: str
+    removed: str  # what the variant without it does instead
+
+    def remove(self, config: Config) -> dict:
+        return {
+            "proxy assignment": {"positive_in_denominator": False},
+            "low temperature": {"temperature": 1.0},
+            "max pooling": {"pooling": "avg"},
+            "fast proxies": {"proxy_lr": None},
+            "class-balanced batches": {"sampler": "random"},
+            "layernorm": {"layernorm": False},
+            "image scale": {"image_size": smaller_image_size(config.image_size)},
+        }[self.name]
+
+
+# In the order of the cumulative path from ProxyNCA to ProxyNCA++.
+COMPONENTS = (
+    Component("proxy assignment", "positive proxy out of the denominator"),
+    Component("low temperature", "temperature 1 instead of 1/9"),
+    Component("max pooling", "average instead of max pooling"),
+    Component("fast proxies", "proxies at the backbone's learning rate"),
+    Component("class-balanced batches", "random instead of class-balanced batches"),
+    Component("layernorm", "no LayerNorm before the embedding layer"),
+    Component("image scale", "smaller images"),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row of the grid: a method preset with some ProxyNCA++ components removed."""
+
+    name: str
+    kind: str  # full | removal | baseline | path | method
+    preset: str = "proxynca++"
+    removed: tuple[str, ...] = ()
+    reference: str | None = None  # the variant its paired Δ is taken against
+    paper_delta: tuple[float, str] | None = None  # the paper's Δ R@1 against `reference`, and its source
+    description: str = ""
+    overrides: dict = field(default_factory=dict, hash=False)
+
+    def config(self, size: str, seed: int, **fixed) -> Config:
+        """The validated config of this variant for one seed."""
+        base = make_config(self.preset, size, **{**fixed, **self.overrides, "seed": seed})
+        changes = {}
+        for component in COMPONENTS:
+            if component.name in self.removed:
+                changes.update(component.remove(base))
+        return make_config(self.preset, size, **{**fixed, **self.overrides, **changes, "seed": seed})
+
+
+def proxynca_grid() -> list[Variant]:
+    """ProxyNCA++, each component removed alone, ProxyNCA (all removed) and the cumulative path."""
+    full = "ProxyNCA++"
+    names = [c.name for c in COMPONENTS]
+    delta = paper.ABLATION_DELTA_R1
+    variants = [Variant(full, "full", description="every enhancement")]
+    for c in COMPONENTS:
+        variants.append(Variant(f"− {c.name}", "removal", removed=(c.name,), reference=full,
+                                paper_delta=delta.get(c.name), description=c.removed))
+    variants.append(Variant("ProxyNCA", "baseline", removed=tuple(names), reference=full,
+                            paper_delta=delta["all"], description="every enhancement removed"))
+    for step in range(1, len(names)):
+        variants.append(Variant(f"path {step}: + {names[step - 1]}", "path", removed=tuple(names[step:]),
+                                reference=full, description="ProxyNCA + " + ", ".join(names[:step])))
+    return variants
+
+
+def hdml_grid(dataset: str = "embedded") -> list[Variant]:
+    """Triplet and N-pair with and without hardness-aware synthesis, and ProxyNCA++ beside them."""
+    source = dataset if any(d == dataset for d, _ in paper.HDML) else "cub"
+
+    def paper_delta(method: str, base: str):
+        ours, theirs = paper.HDML.get((source, method), {}), paper.HDML.get((source, base), {})
+        if "R@1" in ours and "R@1" in theirs:
+            return round(ours["R@1"] - theirs["R@1"], 1), f"HDML paper, {source}"
+        return None
+
+    return [Variant("Triplet", "method", preset="triplet"),
+            Variant("HDML-Triplet", "method", preset="hdml-triplet", reference="Triplet",
+                    paper_delta=paper_delta("hdml-triplet", "triplet")),
+            Variant("N-pair", "method", preset="npair"),
+            Variant("HDML-N-pair", "method", preset="hdml-npair", reference="N-pair",
+                    paper_delta=paper_delta("hdml-npair", "npair")),
+            Variant("ProxyNCA++", "method")]
+
+
+def grid(name: str, dataset: str = "embedded") -> list[Variant]:
+    """The variants of grid `name` (one of GRIDS)."""
+    if name == "proxynca++":
+        return proxynca_grid()
+    if name == "hdml":
+        return hdml_grid(dataset)
+    raise ConfigError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}")
+
+
+def select(variants: list[Variant], names: list[str] | None) -> list[Variant]:
+    """The variants named in `names` (all when None), checked before any work starts."""
+    if not names:
+        return variants
+    known = {v.name: v for v in variants}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(map(repr, unknown))}; known: "
+                          f"{', '.join(map(repr, known))}")
+    return [known[n] for n in names]
+
+
+def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, runs_root: str | Path | None = None,
+             data=None, progress: bool = True, **fixed) -> pd.DataFrame:
+    """Train every variant for seeds 0..seeds-1; rows go to `out/runs.csv` as runs finish.
+
+    Runs already in runs.csv (same config) are skipped, so an interrupted grid resumes; runs
+    live in `runs_root` (default `out/runs`), where a finished run is reloaded, not retrained.
+    `fixed` config values apply to every run. Returns runs.csv as a DataFrame.
+    """
+    if seeds < 1:
+        raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    if "eval_every" not in fixed:  # only the final evaluation: the grid reports final metrics
+        fixed["eval_every"] = max(v.config(size, 0, **fixed).epochs for v in variants)
+    # seed by seed, so that an interrupted grid already has whole seeds; every config validated first
+    jobs = [(v, seed, v.config(size, seed, **fixed)) for seed in range(seeds) for v in variants]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "runs.csv"
+    rows = pd.read_csv(table).to_dict("records") if table.exists() else []
+    done = {r["key"] for r in rows}
+    root = Path(runs_root) if runs_root is not None else out / "runs"
+    todo = [job for job in jobs if run_key(job[2]) not in done]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="ablation grid", disable=not progress)
+    for variant, seed, config in todo:
+        bar.set_postfix_str(f"{variant.name}, seed {seed}")
+        started = time.perf_counter()
+        result = cached_fit(config, data, root=root, progress=False)
+        rows.append({"variant": variant.name, "kind": variant.kind, "seed": seed, **result.metrics,
+                     "train_seconds": round(sum(e["seconds"] for e in result.history["epochs"]), 2),
+                     "seconds": round(time.perf_counter() - started, 2), "key": run_key(config)})
+        tmp = table.with_name(table.name + ".tmp")
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+        tmp.replace(table)
+        bar.update()
+    bar.close()
+    keys = {run_key(config) for _, _, config in jobs}
+    finished = [r for r in rows if r["key"] in keys]
+    _write_meta(out / "grid.json", size, seeds, fixed, finished)
+    return pd.DataFrame(finished)
+
+
+def _write_meta(path: Path, size: str, seeds: int, fixed: dict, rows: list[dict]) -> None:
+    """What the grid ran, and on what: size, seeds, fixed values, summed run time, machine and versions."""
+    import json
+    import os
+    import platform
+
+    import torch
+
+    meta = {"size": size, "seeds": seeds, "fixed": fixed, "runs": len(rows),
+            "run_seconds": round(sum(r["seconds"] for r in rows), 1),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()}}
+    path.write_text(json.dumps(meta, indent=2))
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sample std, interval low, interval high): Student-t interval of the mean; NaN with one value."""
+    values = np.asarray(values, dtype=float)
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def summarize(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
+    """Per variant: n, mean and std of each metric, the 95 % interval of R@1, and the paired Δ R@1 to its
+    reference (seeds matched; `within_noise` when the interval of Δ holds 0), beside the paper's Δ."""
+    metrics = [m for m in SUMMARY_METRICS if m in runs.columns]
+    metrics += sorted((c for c in runs.columns if c.startswith("R@") and c not in metrics),
+                      key=lambda c: int(c[2:]))
+    by_name = {v.name: runs[runs["variant"] == v.name].set_index("seed") for v in variants}
+    rows = []
+    for v in variants:
+        own = by_name[v.name]
+        if own.empty:
+            continue
+        row = {"variant": v.name, "kind": v.kind, "description": v.description, "n": len(own)}
+        for m in metrics:
+            row[f"{m} mean"], row[f"{m} std"] = float(own[m].mean()), float(own[m].std(ddof=1)) if len(own) > 1 else math.nan
+        _, _, row["R@1 low"], row["R@1 high"] = mean_interval(own["R@1"])
+        row.update({"Δ R@1": math.nan, "Δ low": math.nan, "Δ high": math.nan, "within_noise": None})
+        reference = by_name.get(v.reference) if v.reference else None
+        if reference is not None and not reference.empty:
+            seeds = own.index.intersection(reference.index)
+            if len(seeds):
+                diff = own.loc[seeds, "R@1"] - reference.loc[seeds, "R@1"]
+                row["Δ R@1"], _, row["Δ low"], row["Δ high"] = mean_interval(diff)
+                if len(seeds) > 1:
+                    row["within_noise"] = bool(row["Δ low"] <= 0 <= row["Δ high"])
+        row["reference"] = v.reference or ""
+        row["paper Δ R@1"] = v.paper_delta[0] if v.paper_delta else math.nan
+        row["paper source"] = v.paper_delta[1] if v.paper_delta else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table: mean ± std, R@1's 95 % interval, paired Δ and the paper's Δ."""
+    recall = [c[:-5] for c in summary.columns if c.startswith("R@") and c.endswith(" mean") and c != "R@1 mean"]
+    head = ["variant", "n", "R@1", "R@1 95 % interval", *recall, "NMI", "Δ R@1 (paired, 95 %)", "paper Δ R@1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in summary.iterrows():
+        interval = "" if math.isnan(r["R@1 low"]) else f"[{r['R@1 low']:.1f}, {r['R@1 high']:.1f}]"
+        delta = ""
+        if not math.isnan(r["Δ R@1"]):
+            delta = f"{r['Δ R@1']:+.1f}"
+            if not math.isnan(r["Δ low"]):
+                delta += f" [{r['Δ low']:+.1f}, {r['Δ high']:+.1f}]"
+            if r["within_noise"] is True:
+                delta += " (within noise)"
+        paper_delta = "" if math.isnan(r["paper Δ R@1"]) else f"{r['paper Δ R@1']:+.1f}"
+        cells = [r["variant"], str(int(r["n"])), _pm(r["R@1 mean"], r["R@1 std"]), interval,
+                 *[_pm(r[f"{k} mean"], r[f"{k} std"]) for k in recall], _pm(r["NMI mean"], r["NMI std"]),
+                 delta, paper_delta]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = sorted({f"paper Δ: {s}" for s in summary["paper source"] if s})
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def write_summary(runs: pd.DataFrame, variants: list[Variant], out: str | Path) -> pd.DataFrame:
+    """Write `out/ablation.csv` and `out/ablation.md` from the runs; return the summary."""
+    summary = summarize(runs, variants)
+    out = Path(out)
+    summary.to_csv(out / "ablation.csv", index=False)
+    (out / "ablation.md").write_text(to_markdown(summary))
+    return summary

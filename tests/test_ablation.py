@@ -1,0 +1,148 @@
+"""The ablation grid: variants change exactly their components, aggregation math, resume, CLI errors."""
+import math
+
+import pandas as pd
+import pytest
+
+from pnca_utils import ablation
+from pnca_utils.ablation import (COMPONENTS, Variant, grid, hdml_grid, mean_interval, proxynca_grid, run_grid,
+                                 select, smaller_image_size, summarize, to_markdown, write_summary)
+from pnca_utils.cli import main
+from pnca_utils.config import ConfigError, make_config
+
+T_975_DF2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (tables)
+
+
+def _changed(a, b) -> set:
+    a, b = a.to_dict(), b.to_dict()
+    return {k for k in a if a[k] != b[k]}
+
+
+def test_smaller_images():
+    assert [smaller_image_size(s) for s in (32, 48, 64, 256)] == [24, 32, 40, 227]
+
+
+def test_each_removal_changes_only_its_component():
+    variants = {v.name: v for v in proxynca_grid()}
+    full = variants["ProxyNCA++"].config("default", 0)
+    expected = {"proxy assignment": {"positive_in_denominator"}, "low temperature": {"temperature"},
+                "max pooling": {"pooling"}, "fast proxies": {"proxy_lr"}, "class-balanced batches": {"sampler"},
+                "layernorm": {"layernorm"}, "image scale": {"image_size"}}
+    assert [c.name for c in COMPONENTS] == list(expected)
+    for name, fields in expected.items():
+        assert _changed(variants[f"− {name}"].config("default", 0), full) == fields
+    baseline = variants["ProxyNCA"].config("default", 0)
+    assert _changed(baseline, full) == set().union(*expected.values())
+    assert (baseline.temperature, baseline.positive_in_denominator, baseline.pooling, baseline.proxy_lr,
+            baseline.sampler, baseline.layernorm, baseline.image_size) == (1.0, False, "avg", None, "random", False, 32)
+    assert baseline.lr == full.lr  # the grid changes components only, never the learning rate
+
+
+def test_cumulative_path_adds_one_component_per_step():
+    variants = proxynca_grid()
+    path = [v for v in variants if v.name == "ProxyNCA"] + [v for v in variants if v.kind == "path"] + \
+        [v for v in variants if v.kind == "full"]
+    assert len(path) == len(COMPONENTS) + 1
+    configs = [v.config("default", 0) for v in path]
+    for step, component in enumerate(COMPONENTS):
+        assert len(_changed(configs[step], configs[step + 1])) == 1, component.name
+    assert len(variants) == 1 + 7 + 1 + 6 and len({v.name for v in variants}) == len(variants)
+
+
+def test_paper_deltas_only_where_the_paper_gives_them():
+    variants = {v.name: v for v in proxynca_grid()}
+    assert variants["− low temperature"].paper_delta[0] == -10.8
+    assert variants["ProxyNCA"].paper_delta[0] == -22.9
+    assert all(v.paper_delta is None for v in variants.values() if v.name not in ("− low temperature", "ProxyNCA"))
+    hdml = {v.name: v for v in hdml_grid()}
+    assert hdml["HDML-Triplet"].paper_delta[0] == pytest.approx(43.6 - 35.9)
+    assert hdml["HDML-N-pair"].paper_delta[0] == pytest.approx(53.7 - 51.9)
+    assert hdml["Triplet"].paper_delta is None and hdml["HDML-N-pair"].reference == "N-pair"
+
+
+def test_mean_interval_by_hand():
+    mean, std, low, high = mean_interval([1, 2, 3])
+    half = T_975_DF2 * 1 / math.sqrt(3)
+    assert (mean, std) == (2, 1) and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    mean, std, low, high = mean_interval([5.0])
+    assert mean == 5 and all(math.isnan(v) for v in (std, low, high))
+
+
+def _runs(table: dict) -> pd.DataFrame:
+    rows = [{"variant": name, "seed": seed, "R@1": r1, "R@2": r1 + 5, "NMI": 60.0, "MAP@R": 10.0}
+            for name, values in table.items() for seed, r1 in values.items()]
+    return pd.DataFrame(rows)
+
+
+def test_summary_pairs_seeds_and_marks_noise():
+    variants = [Variant("A", "full"), Variant("B", "removal", reference="A", paper_delta=(-10.8, "paper")),
+                Variant("C", "removal", reference="A"), Variant("D", "removal", reference="A")]
+    runs = _runs({"A": {0: 50, 1: 52, 2: 54}, "B": {0: 40, 1: 43, 2: 45}, "C": {0: 51, 1: 51, 2: 54},
+                  "D": {1: 60}})
+    summary = summarize(runs, variants).set_index("variant")
+    b = summary.loc["B"]
+    diffs = [40 - 50, 43 - 52, 45 - 54]  # paired by seed
+    mean = sum(diffs) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = T_975_DF2 * std / math.sqrt(3)
+    assert b["Δ R@1"] == pytest.approx(mean) and b["Δ low"] == pytest.approx(mean - half)
+    assert b["within_noise"] is False and b["paper Δ R@1"] == -10.8 and b["n"] == 3
+    assert b["R@1 mean"] == pytest.approx(128 / 3) and b["R@1 std"] == pytest.approx(2.516611, abs=1e-6)
+    assert summary.loc["C", "within_noise"] is True  # diffs 1, -1, 0
+    d = summary.loc["D"]  # one seed: a difference, but no interval and no verdict
+    assert d["Δ R@1"] == 8 and math.isnan(d["Δ low"]) and d["within_noise"] is None
+    assert math.isnan(summary.loc["A", "Δ R@1"]) and math.isnan(summary.loc["C", "paper Δ R@1"])
+    table = to_markdown(summary.reset_index())
+    assert "(within noise)" in table.splitlines()[4] and "-10.8" in table.splitlines()[3]
+    assert table.splitlines()[5].endswith("| +8.0 |  |")  # D: no interval, no paper value
+
+
+def test_select_and_grid_names():
+    assert [v.name for v in select(proxynca_grid(), ["ProxyNCA", "ProxyNCA++"])] == ["ProxyNCA", "ProxyNCA++"]
+    with pytest.raises(ConfigError, match="'nope'"):
+        select(proxynca_grid(), ["nope"])
+    with pytest.raises(ConfigError, match="unknown grid"):
+        grid("other")
+
+
+def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch):
+    variants = select(proxynca_grid(), ["ProxyNCA++", "− low temperature"])
+    fixed = dict(weights=None, epochs=1, batch_size=16, embedding_dim=16)
+    calls = []
+    real = ablation.cached_fit
+    monkeypatch.setattr(ablation, "cached_fit", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
+    first = run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed)
+    assert len(calls) == 4 and len(first) == 4
+    assert sorted(zip(first["variant"], first["seed"])) == sorted((v.name, s) for v in variants for s in (0, 1))
+    assert run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed).equals(first)
+    assert len(calls) == 4  # nothing retrained
+
+    table = pd.read_csv(tmp_path / "runs.csv")
+    lost = table.iloc[1]
+    table.drop(index=1).to_csv(tmp_path / "runs.csv", index=False)
+    for run in (tmp_path / "runs").glob(f"{lost['key']}"):
+        for f in run.iterdir():
+            f.unlink()
+        run.rmdir()
+    again = run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed)
+    assert len(calls) == 5 and len(again) == 4  # only the deleted run is trained again ...
+    redone = again[again["key"] == lost["key"]].iloc[0]
+    assert redone["R@1"] == lost["R@1"] and redone["NMI"] == lost["NMI"]  # ... with the same result
+    summary = write_summary(again, variants, tmp_path)
+    assert (tmp_path / "ablation.md").read_text().startswith("| variant |")
+    assert list(summary["n"]) == [2, 2]
+
+
+def test_cli_rejects_unknown_variant_before_any_work(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["ablate", "--variant", "nope", "--out", str(out), "--size", "ci"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nope" in err and "\n" not in err
+    assert not out.exists()
+    assert main(["ablate", "--grid", "x", "--out", str(out)]) == 2 and not out.exists()
+    assert main(["ablate", "--seeds", "0", "--out", str(out)]) == 2 and not out.exists()
+
+
+def test_seeds_and_configs_match_make_config():
+    v = Variant("ProxyNCA++", "full")
+    assert v.config("ci", 3).to_dict() == make_config("proxynca++", "ci", seed=3).to_dict()
