@@ -51,6 +51,10 @@ tune: setup
 	  --grid lr=4e-3,2e-2,1e-1 --grid proxy_lr=4e2,4e3 --out results/tuning/proxynca++
 	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --quiet \
 	  --grid lr=4e-3,1e-2,2e-2 --out results/tuning/proxynca
+	$(PY) -m pnca_utils tune --preset triplet --size default --epochs 4 --quiet \
+	  --grid lr=4e-3,2e-2,1e-1 --out results/tuning/triplet
+	$(PY) -m pnca_utils tune --preset npair --size default --epochs 4 --quiet \
+	  --grid lr=4e-3,2e-2,1e-1 --out results/tuning/npair
 
 # The ProxyNCA++ ablations and the HDML comparison, 3 seeds at default size; runs are cached in
 # build/runs (shared with make book) and the tables are written to results/embedded/.

@@ -93,38 +93,68 @@ def clustered_embeddings(n: int, classes: int, dim: int, seed: int = 0) -> tuple
 
 # --------------------------------------------------------------------------------------- child processes
 def _memory() -> dict[str, int]:
-    """VmRSS and VmHWM of this process, in KiB."""
+    """VmRSS, VmHWM and RssAnon of this process, in KiB."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:")):
                 key, value = line.split(":")
                 out[key] = int(value.split()[0])
     return out
 
 
 class Measure:
-    """Wall time and peak RSS above the current RSS of the code run inside `with Measure() as m:`."""
+    """Wall time and peak memory above the current one of the code run inside `with Measure() as m:`.
+
+    Two peaks: `peak_rss_delta_mb`, the largest anonymous resident memory (what the code allocates: arrays,
+    tensors, buffers of torch, MKL, faiss) seen by a thread that reads /proc/self/statm every 2 ms, minus its
+    value before; and `peak_hwm_delta_mb`, the kernel's high-water mark of all resident memory (VmHWM, reset
+    through /proc/self/clear_refs), which also counts pages of the libraries' code read back from disk --
+    on a machine that pages out idle file pages (as this one does, with DAMON) that can be hundreds of MB.
+    """
+
+    INTERVAL = 0.002
+
+    def _anon_kib(self) -> int:
+        resident, shared = os.pread(self._statm, 200, 0).split()[1:3]  # pages: resident, file-backed/shared
+        return (int(resident) - int(shared)) * self._page_kib
+
+    def _sample(self):
+        while not self._stop.wait(self.INTERVAL):
+            self.anon_peak = max(self.anon_peak, self._anon_kib())
 
     def __enter__(self):
+        import threading
+
+        self._page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
             self.reset = True
         except OSError:
-            self.reset = False  # then VmHWM may still hold an earlier peak: the delta is an upper bound
-        self.before = _memory()["VmRSS"]
+            self.reset = False  # then VmHWM may still hold an earlier peak: that delta is an upper bound
+        self.before = _memory()
+        self.anon_before = self.anon_peak = self._anon_kib()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
-        self.peak_mb = max(0, _memory()["VmHWM"] - self.before) / 1024
+        self.anon_peak = max(self.anon_peak, self._anon_kib())
+        self._stop.set()
+        self._sampler.join()
+        os.close(self._statm)
+        self.peak_mb = max(0, self.anon_peak - self.anon_before) / 1024
+        self.hwm_mb = max(0, _memory()["VmHWM"] - self.before["VmRSS"]) / 1024
         return False
 
     def record(self, **extra) -> dict:
-        return {"seconds": self.seconds, "peak_rss_delta_mb": self.peak_mb, "hwm_reset": self.reset,
-                "load_1min": os.getloadavg()[0], **extra}
+        return {"seconds": self.seconds, "peak_rss_delta_mb": self.peak_mb, "peak_hwm_delta_mb": self.hwm_mb,
+                "hwm_reset": self.reset, "load_1min": os.getloadavg()[0], **extra}
 
 
 def child_ours_recall(args: dict) -> dict:
@@ -134,9 +164,17 @@ def child_ours_recall(args: dict) -> dict:
 
     x, y = np.load(args["x"]), np.load(args["y"])
     metrics.recall_at_k(x[:300], y[:300], args["ks"])  # warm-up: imports, thread pool, BLAS
+    recomputed, exact_ranks = [], metrics._exact_ranks
+
+    def counting(s, chunk_rows, rows=None, g_sq=None):  # how many queries the float32 bounds left open
+        recomputed.append(len(s.queries) if rows is None else len(rows))
+        return exact_ranks(s, chunk_rows, rows, g_sq)
+
+    metrics._exact_ranks = counting
     with Measure() as m:
         recall = metrics.recall_at_k(x, y, args["ks"])
-    return m.record(recall={str(k): v for k, v in recall.items()}, threads=torch.get_num_threads())
+    return m.record(recall={str(k): v for k, v in recall.items()}, threads=torch.get_num_threads(),
+                    float64_recomputed_queries=sum(recomputed))
 
 
 def first_hit_ranks(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -467,6 +505,42 @@ def summary(report: dict) -> list[str]:
     return lines
 
 
+def markdown(report: dict) -> str:
+    """The results as the tables of benchmarks/README.md."""
+    out = []
+    if report.get("retrieval"):
+        out += ["| embeddings | ours: `recall_at_k` | faiss `IndexFlatL2` search, k = 1001 | PML `AccuracyCalculator` "
+                "| ours / faiss | PML / ours | recalls equal |", "|---|---|---|---|---|---|---|"]
+        for r in report["retrieval"]:
+            cell = {k: f"{r[k]['seconds']:.1f} s, +{r[k]['peak_rss_delta_mb']:.0f} MB" for k in ("ours", "faiss", "pml")}
+            a = r["agreement"]
+            equal = "yes" if a["recall_equal"] else f"{a['explained_by_near_ties']} near-tie queries differ"
+            out.append(f"| {r['n']:,} x {r['dim']:,} ({r['classes']:,} classes) | {cell['ours']} | {cell['faiss']} | "
+                       f"{cell['pml']} | {r['ratio_vs_faiss']:.2f} | {r['speedup_vs_pml']:.1f}x | {equal} |")
+        recalls = ", ".join(f"{r['dim']} d: " + " / ".join(f"{100 * v:.1f}" for v in r["ours"]["recall"].values())
+                            for r in report["retrieval"])
+        out += ["", f"Recall@1 / 10 / 100 / 1000 of the test data (%): {recalls}."]
+    if report.get("loss"):
+        r = report["loss"]
+        out += ["", "| loss, forward + backward | time | peak memory | ours / it |", "|---|---|---|---|",
+                f"| ours: `proxy_nca_loss` | {1e3 * r['ours']['seconds']:.0f} ms | "
+                f"+{r['ours']['peak_rss_delta_mb']:.0f} MB | |",
+                f"| PML `ProxyNCALoss(softmax_scale=9)` | {1e3 * r['pml']['seconds']:.0f} ms | "
+                f"+{r['pml']['peak_rss_delta_mb']:.0f} MB | {r['ratio_vs_pml']:.2f} |",
+                f"| floor: the bare `x @ proxies.T`, forward + backward | {1e3 * r['matmul_floor']['seconds']:.0f} ms | "
+                f"+{r['matmul_floor']['peak_rss_delta_mb']:.0f} MB | {r['ratio_vs_floor']:.2f} |"]
+    if report.get("training"):
+        r = report["training"]
+        out += ["", f"Training (ProxyNCA++, size `{r['config']['size']}`, {r['config']['image_size']} px, batch "
+                f"{r['config']['batch_size']}): {r['images_per_second']:.0f} images/s ({r['images']} images in "
+                f"{r['train_seconds']:.1f} s)."]
+    if report.get("book"):
+        out += ["", f"The whole book (build/book_time.json): {json.dumps(report['book'])}."]
+    out += ["", f"Load average (1, 5, 15 min) at the start {report['load_average_start']}, at the end "
+            f"{report['load_average_end']}; {report['machine']['cpus']} CPUs ({report['machine']['cpu']})."]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/benchmarks.json")
@@ -522,6 +596,7 @@ def main(argv=None) -> int:
         met["loss_vs_pml"] = report["loss"]["ratio_vs_pml"] <= TARGETS["loss_vs_pml_max_ratio"]
     report["targets_met"] = met
     report["summary"] = summary(report)
+    report["markdown"] = markdown(report)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -100,23 +100,20 @@ solutions = False
 # %%
 import json
 import textwrap
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from pnca_utils import metrics
+from pnca_utils.chapter import workspace
 from pnca_utils.config import SIZE_PRESETS
 from pnca_utils.data.base import split_classes
 from pnca_utils.data.embedded import EmbeddedSpec, load_arrays, load_embedded
 from pnca_utils.data.real import LAYOUTS
 from pnca_utils.plots import class_gallery, scatter_classes, show_gallery
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
+figures, results, *_ = workspace(out_dir, size)
 image_size = SIZE_PRESETS[size]["image_size"]
 rng = np.random.default_rng(seed)
 

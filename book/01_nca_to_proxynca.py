@@ -80,7 +80,6 @@ solutions = False
 # %%
 import json
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -88,19 +87,14 @@ import pandas as pd
 import torch
 
 from pnca_utils import analysis, losses, metrics
+from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import embedding_scatter, training_curves
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import build, embed, untrained_metrics
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-runs_root = Path(out_dir) / "runs"  # runs shared with the other chapters
-# size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
-overrides = {"epochs": 1} if size == "ci" else {}
+figures, results, runs_root, overrides = workspace(out_dir, size)
 tsne_classes, tsne_per_class = 12, 20  # the t-SNE maps show 12 test classes, 20 images each
 
 # %% [markdown]

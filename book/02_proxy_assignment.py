@@ -70,7 +70,6 @@ solutions = False
 # %%
 import json
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -79,19 +78,14 @@ import torch
 import torch.nn.functional as F
 
 from pnca_utils import analysis, losses
+from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import curves, training_curves
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import embed
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-runs_root = Path(out_dir) / "runs"  # runs shared with the other chapters
-# size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
-overrides = {"epochs": 1} if size == "ci" else {}
+figures, results, runs_root, overrides = workspace(out_dir, size)
 original = make_config("proxynca", size, seed=seed, **overrides)
 assigned = make_config("proxynca", size, seed=seed, positive_in_denominator=True, **overrides)
 

@@ -61,7 +61,6 @@ epochs = None
 # %%
 import copy
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -69,6 +68,7 @@ import pandas as pd
 import torch
 
 from pnca_utils import analysis
+from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.data.embedded import digit_boxes, load_arrays
@@ -76,16 +76,7 @@ from pnca_utils.plots import activation_overlays
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import build, embed, evaluate_model, untrained_metrics
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-runs_root = Path(out_dir) / "runs"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-# size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
-overrides = {"epochs": 1} if size == "ci" else {}
-if epochs is not None:
-    overrides["epochs"] = epochs
-overrides["device"] = device
+figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)
 shown_images = 6  # test images in the activation figure, one per class
 
 # %% [markdown]
@@ -232,12 +223,16 @@ table[("", "R@1")] = [np.nan, max_run.metrics["R@1"], avg_run.metrics["R@1"]]
 print(table.to_string(float_format=lambda v: f"{v:.1f}"))
 print("images counted: " + ", ".join(f"{rule} {activation['max-trained'][rule]['images']}" for rule in rules)
       + f" of {len(data.test)} (strict leaves out boxes that hold no cell centre)")
-m, a, p = (activation[k]["strict"] for k in ("max-trained", "avg-trained", "pretrained"))
+m, a, p = (activation[k] for k in ("max-trained", "avg-trained", "pretrained"))
 print()
-print(f"Strictly inside the digits' box, which holds {m['area']:.1f}% of the cells: {m['winners']:.1f}% of the "
-      f"max-trained backbone's channel maxima, {a['winners']:.1f}% of the avg-trained one's and {p['winners']:.1f}% "
-      f"of the pretrained one's; {a['mass']:.1f}% of the activation that average pooling sums in the avg-trained "
-      "backbone.")
+print(f"The digits' box holds {m['strict']['area']:.1f}% of the cells (strict) or {m['loose']['area']:.1f}% (loose).")
+print(f"On the digits, strict / loose: {m['strict']['winners']:.1f}% / {m['loose']['winners']:.1f}% of what max "
+      f"pooling reads in the max-trained network (its channel maxima); {a['strict']['mass']:.1f}% / "
+      f"{a['loose']['mass']:.1f}% of what average pooling reads in the avg-trained network (its summed activation).")
+for name in ("max-trained", "avg-trained"):
+    moved = [activation[name][rule]["winners"] - p[rule]["winners"] for rule in rules]
+    print(f"Compared with the pretrained backbone, metric learning moved the {name} backbone's share of winners on "
+          f"the digits by {moved[0]:+.1f} points (strict) and {moved[1]:+.1f} (loose).")
 for rule in rules:
     lift = {k: v[rule]["winners"] / v[rule]["area"] for k, v in activation.items()}
     print(f"Winners relative to area, {rule} (1 = no preference for the digits): "
@@ -245,12 +240,15 @@ for rule in rules:
 
 # %% [markdown]
 # How to read the table: a backbone that ignored the digits would put about the *area* share of its
-# maxima on them; every point above that is a preference for the digits. Compare the winner columns
-# across the three backbones (did metric learning move the peaks onto the digits, and did max
-# pooling move them further than average pooling?), and the avg-trained backbone's mass columns with
-# its winner columns: average pooling reads the mass, so the clutter's share of the mass is what it
-# mixes into the embedding. The R@1 column closes the loop with retrieval. Trust a difference
-# between backbones only where the strict and the loose count agree on it.
+# maxima on them; every point above that is a preference for the digits. The table answers two
+# different questions. Across the rows, in the winner columns: did metric learning move the peaks
+# onto the digits, and did training through max pooling move them further than training through
+# average pooling? Within a row, winners against mass: how much of what each pooling *reads* comes
+# from the digits. Max pooling reads the winners; average pooling reads the mass, so the clutter's
+# share of the mass is what it mixes into the embedding. The two answers can differ: backbones that
+# peak in the same places still feed the embedding different mixtures of digits and clutter. The
+# printed lines give both, and the R@1 column closes the loop with retrieval. Trust a difference
+# only where the strict and the loose count agree on it.
 #
 # The box is generous (it includes the gaps between digits and any stroke drawn across them), each
 # cell sees far more than its own patch (the receptive field of the last layer spans the whole

@@ -40,7 +40,6 @@ epochs = None
 
 # %%
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 
 from pnca_utils import analysis, paper
 from pnca_utils.ablation import smaller_image_size
+from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.data.base import RetrievalData, TensorImageDataset
@@ -59,16 +59,7 @@ from pnca_utils.runs import cached_fit
 from pnca_utils.samplers import make_batch_sampler
 from pnca_utils.training import build, evaluate_model
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-runs_root = Path(out_dir) / "runs"  # runs shared with the other chapters
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-# size="ci" is a smoke test: one epoch per run, so the whole chapter runs in a few minutes.
-overrides = {"epochs": 1} if size == "ci" else {}
-if epochs is not None:
-    overrides["epochs"] = epochs
-overrides["device"] = device
+figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)
 full = make_config("proxynca++", size, seed=seed, **overrides)
 small_size = smaller_image_size(full.image_size)
 # The three runs below evaluate once, after their last epoch, as chapter 07's ablation grid does, so they are shared with it.

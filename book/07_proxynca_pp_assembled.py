@@ -68,18 +68,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from pnca_utils import ablation, analysis, gallery, paper
+from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import embed, untrained_metrics
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-runs_root = Path(out_dir) / "runs"  # runs shared with the other chapters
-# size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
-overrides = {"epochs": 1} if size == "ci" else {}
+figures, results, runs_root, overrides = workspace(out_dir, size)
 full_config = make_config("proxynca++", size, seed=seed, **overrides)
 original_config = make_config("proxynca", size, seed=seed, **overrides)
 table_dir = Path(ablation_dir) if ablation_dir else ablation.RESULTS_DIR

@@ -74,23 +74,14 @@ import torch
 
 from pnca_utils import analysis, hdml, metrics, paper
 from pnca_utils.book import BOOK_DIR
+from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import embedding_scatter, hardening_picture, step_curves
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import untrained_metrics
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-runs_root = Path(out_dir) / "runs"
-# size="ci" is a smoke test: one epoch per run, so the whole chapter runs in about a minute.
-overrides = {"device": device}
-if epochs is not None:
-    overrides["epochs"] = epochs
-elif size == "ci":
-    overrides["epochs"] = 1
+figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)
 # The seeded comparison written by `make reproduce` (relative paths are relative to the repository).
 seeded_dir = Path(ablation_dir) if Path(ablation_dir).is_absolute() else BOOK_DIR.parent / ablation_dir
 tsne_classes, tsne_per_class = 12, 20  # the t-SNE maps show 12 test classes, 20 images each
@@ -361,7 +352,10 @@ if seeded is None:
 else:
     shown = ["variant"] + [c for c in ["n", *[f"{m} {s}" for m in columns for s in ("mean", "std")],
                                         "Δ R@1", "Δ low", "Δ high", "paper Δ R@1"] if c in seeded.columns]
-    print(f"{seeded_dir / 'ablation.csv'} (written by `make reproduce` at size 'default'):")
+    grid_file = seeded_dir / "grid.json"
+    grid_meta = json.loads(grid_file.read_text()) if grid_file.exists() else {}
+    print(f"{seeded_dir / 'ablation.csv'} (written by `make reproduce`, size {grid_meta.get('size', '?')!r}, "
+          f"{grid_meta.get('seeds', '?')} seeds):")
     print(seeded[shown].to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep=""))
     by_name = seeded.set_index("variant")
     for base, synth in pairs:

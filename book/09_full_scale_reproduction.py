@@ -69,16 +69,13 @@ from PIL import Image
 
 from pnca_utils import reproduction
 from pnca_utils.analysis import metrics_table
+from pnca_utils.chapter import workspace
 from pnca_utils.config import DATA_PRESETS, PAPER_DIMS, PAPER_SIZE, RECALL_KS, make_config
 from pnca_utils.data.real import LAYOUTS
 from pnca_utils.plots import show_gallery, training_curves
 from pnca_utils.runs import cached_fit
 
-figures = Path(out_dir) / "figures"
-results = Path(out_dir) / "results"
-figures.mkdir(parents=True, exist_ok=True)
-results.mkdir(parents=True, exist_ok=True)
-runs_root = Path(out_dir) / "runs"  # the book's run cache, shared with the other chapters
+figures, results, runs_root, _ = workspace(out_dir, size, epochs, device=device)
 results_root = Path(results_dir) if results_dir else reproduction.default_results_dir()  # where the CLI writes
 full_scale = size == PAPER_SIZE  # train the paper's setting here (a GPU, the data and the weights needed)
 # The smoke test: 2 epochs at ci (the first with the backbone frozen, as in the paper's warm-up), 4 otherwise.

@@ -261,6 +261,10 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 CALIBRATED: dict[tuple[str, str], dict] = {
     ("embedded", "proxynca++"): dict(lr=2e-2),
     ("embedded", "proxynca"): dict(lr=1e-2),
+    ("embedded", "triplet"): dict(lr=1e-1),
+    ("embedded", "npair"): dict(lr=2e-2),
+    ("embedded", "hdml-triplet"): dict(lr=1e-1),  # HDML trains its metric at its baseline's rate
+    ("embedded", "hdml-npair"): dict(lr=2e-2),
 }
 
 

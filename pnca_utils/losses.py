@@ -122,7 +122,7 @@ class _ProxyCosine(torch.autograd.Function):
         grad_p = None
         if ctx.needs_input_grad[1]:
             coef = torch.where(scaled, -(grad * cos).sum(0) * inv * inv, 0.0)  # through |p_c| (none if clamped)
-            grad_p = (p * coef[:, None]).addmm_(grad_prod.T, x)
+            grad_p = (p * coef[:, None]).addmm_(grad_prod.T.to(p.dtype), x.to(p.dtype))
         return grad_x, grad_p
 
 

@@ -57,7 +57,8 @@ def _embeddings(x, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not torch.isfinite(x).all():
+    rows = max(1, _EXACT_BYTES // (4 * x.shape[1]))  # isfinite makes temporaries the size of its input
+    if not all(torch.isfinite(part).all() for part in x.split(rows)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
@@ -117,16 +118,18 @@ def _block_side(chunk_size) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ chunked distances
-def _sq_norms(x: torch.Tensor, rows: int = 8192) -> torch.Tensor:
-    """Squared row norms in float64 (exact products of the float32 coordinates), a chunk of rows at a time."""
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared row norms in float64 (exact products of the float32 coordinates), a slice of rows at a time."""
+    rows = max(1, _EXACT_BYTES // 2 // (8 * x.shape[1]))
     return torch.cat([c.double().pow(2).sum(1) for c in x.split(rows)])
 
 
-def _blocks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None
+def _blocks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None, g_sq: torch.Tensor | None = None
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (distances, same_class, query_index) for chunks of queries; distances and same_class (chunk, gallery).
 
-    `rows` selects the queries (default: all, in order). Distances are squared Euclidean in float64. In
+    `rows` selects the queries (default: all, in order); `g_sq`, the gallery's squared norms in float64, may be
+    given with them. Distances are squared Euclidean in float64. In
     leave-one-out the query itself gets distance +inf and same_class False, so it never ranks among the other
     items' and never counts as a match. The gallery is converted to float64 once when every query is searched,
     and a slice at a time for a subset of the queries (so a few queries cost no float64 copy of the gallery).
@@ -134,7 +137,10 @@ def _blocks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None
     whole = rows is None
     rows = torch.arange(len(s.queries), device=s.queries.device) if whole else rows
     g64 = s.gallery.double() if whole else None
-    g_sq = g64.pow(2).sum(1) if whole else _sq_norms(s.gallery)
+    if whole:
+        g_sq = g64.pow(2).sum(1)
+    elif g_sq is None:
+        g_sq = _sq_norms(s.gallery)
     slice_rows = max(1, _EXACT_BYTES // (8 * s.gallery.shape[1]))
     for start in range(0, len(rows), chunk_rows):
         index = rows[start:start + chunk_rows]
@@ -155,7 +161,8 @@ def _blocks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None
         yield dist, same, index
 
 
-def _exact_ranks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+def _exact_ranks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None,
+                 g_sq: torch.Tensor | None = None) -> torch.Tensor:
     """0-based rank of each query's nearest same-class item (+inf when it has none), from float64 distances.
 
     That rank is the number of other-class items closer than the nearest match (d*, index i*), plus those
@@ -163,7 +170,7 @@ def _exact_ranks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None) 
     that `_first_match_ranks` computes faster; it is used for the queries whose rank that leaves open.
     """
     ranks = []
-    for dist, same, _ in _blocks(s, chunk_rows, rows):
+    for dist, same, _ in _blocks(s, chunk_rows, rows, g_sq):
         d_star, i_star = dist.masked_fill(~same, math.inf).min(dim=1)  # min returns the first (lowest) index
         d_star, i_star = d_star[:, None], i_star[:, None]
         index = torch.arange(dist.shape[1], device=dist.device)
@@ -211,10 +218,14 @@ def _fast_dtype(device: torch.device, largest_sq: float) -> torch.dtype:
     return torch.float32 if ieee and largest_sq < 2.0 ** 100 else torch.float64
 
 
-def _augmented(x: torch.Tensor, sq: torch.Tensor, dtype: torch.dtype, query: bool) -> torch.Tensor:
-    """Rows [x, |x|^2, 1] (query side) or [-2x, 1, |x|^2] (gallery side): their dot product is the distance."""
-    out = torch.empty(len(x), x.shape[1] + 2, dtype=dtype, device=x.device)
-    torch.mul(x, 1.0 if query else -2.0, out=out[:, :-2])
+def _augmented(x: torch.Tensor, index: torch.Tensor, sq: torch.Tensor, dtype: torch.dtype, query: bool,
+               rows: int = 8192) -> torch.Tensor:
+    """Rows [x, |x|^2, 1] (query side) or [-2x, 1, |x|^2] (gallery side) of x[index]: the dot product of a
+    query row and a gallery row is their squared distance. Gathered a slice at a time (no full-size copy)."""
+    out = torch.empty(len(index), x.shape[1] + 2, dtype=dtype, device=x.device)
+    for start in range(0, len(index), rows):
+        part = out[start:start + rows, :-2]
+        torch.mul(x[index[start:start + rows]], 1.0 if query else -2.0, out=part)
     out[:, -2], out[:, -1] = (sq, 1.0) if query else (1.0, sq)
     return out
 
@@ -254,7 +265,7 @@ class _Side(NamedTuple):
 
     def rows(self, a: int, b: int, dtype: torch.dtype, query: bool) -> torch.Tensor:
         """Augmented rows of sorted positions a..b."""
-        return _augmented(self.x[self.order[a:b]], self.sq[a:b], dtype, query)
+        return _augmented(self.x, self.order[a:b], self.sq[a:b], dtype, query)
 
 
 def _side(x: torch.Tensor, labels: torch.Tensor, sq: torch.Tensor, block: int) -> _Side:
@@ -292,7 +303,7 @@ class _Host:
     def __init__(self, device: torch.device):
         self.numpy = device.type == "cpu"
         self.device = device
-        self._buffers: dict[tuple, np.ndarray] = {}  # reused: no fresh pages for every block
+        self._buffers: dict[str, np.ndarray] = {}  # reused: no fresh pages for every block
         threads = min(2, torch.get_num_threads())
         self._pool = ThreadPoolExecutor(threads) if self.numpy and threads > 1 else None
 
@@ -300,11 +311,12 @@ class _Host:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def buffer(self, shape: tuple, name: str) -> np.ndarray:
-        key = (name, shape)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, bool)
-        return self._buffers[key]
+    def buffer(self, shape: tuple[int, int], name: str) -> np.ndarray:
+        """A (shape) bool array, carved from one flat buffer per name that grows when a block needs more."""
+        size = shape[0] * shape[1]
+        if name not in self._buffers or self._buffers[name].size < size:
+            self._buffers[name] = np.empty(size, bool)
+        return self._buffers[name][:size].reshape(shape)
 
     def same(self, row_labels: np.ndarray, col_labels: np.ndarray):
         same = row_labels[:, None] == col_labels[None, :]
@@ -377,83 +389,98 @@ def _nearest_match(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Hos
     return d_star.to(s.queries.device)
 
 
-def _first_match_ranks(s: _Search, chunk_size: int | None, ks: list[int]) -> torch.Tensor:
-    """Per query, a rank r with (r < K) == (rank of its nearest same-class item < K) for every K in ks.
+def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host, low: torch.Tensor,
+                  high: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sorted query, other-class gallery items (sure, maybe) closer than its d*, given low <= d* <= high.
 
-    The rank is `_exact_ranks`'s; it is returned exactly where it decides a K, and as a lower bound that decides
-    every K the same way elsewhere (+inf for a query with no same-class item).
+    One pass over the blocks of the distance matrix, in leave-one-out over the upper triangle only (each block
+    counted for its rows and, transposed, for its columns): `sure` counts the items whose computed distance is
+    below low - err, so surely closer; `maybe` those at most high + err, so possibly closer or at d*, where
+    err bounds the error of the block's distances.
     """
+    device, dtype = s.gallery.device, aug.dtype
+    sure = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
+    maybe = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
+    g_block_sq = [gs.sq[a:b].max() for a, b in gs.blocks]
+    q_block_sq = [qs.sq[a:b].max() for a, b in qs.blocks]
+
+    def bounds(rows: slice, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _rounded(low[rows] - err, dtype, down=True), _rounded(high[rows] + err, dtype, down=False)
+
+    buffer = torch.empty(0, dtype=dtype, device=device)  # one block's distances, reused
+    for i, (a, b) in enumerate(qs.blocks):
+        q_aug = aug.query(a, b)
+        for j, (c, d) in enumerate(gs.blocks):
+            if s.leave_one_out and j < i:
+                continue  # the lower triangle is the upper one's transpose
+            if buffer.numel() < (b - a) * (d - c):
+                buffer = torch.empty((b - a) * (d - c), dtype=dtype, device=device)
+            dist = buffer[:(b - a) * (d - c)].view(b - a, d - c)
+            torch.matmul(q_aug, aug.gallery(c, d).T, out=dist)
+            overlap = qs.labels[a] <= gs.labels[d - 1] and gs.labels[c] <= qs.labels[b - 1]
+            same = host.same(qs.labels[a:b], gs.labels[c:d]) if overlap else None  # (also the query itself)
+            # the error of a distance here is at most kappa * (its query's |q|^2 + the block's largest |g|^2)
+            row_bounds = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[j]))
+            col_bounds = None
+            if s.leave_one_out and j != i:  # the same block seen from its columns' queries
+                col_bounds = bounds(slice(c, d), kappa * (gs.sq[c:d] + q_block_sq[i]))
+            rows, columns = host.counts(dist, [col_bounds, row_bounds], same)
+            sure[a:b] += rows[0]
+            maybe[a:b] += rows[1]
+            if columns is not None:
+                sure[c:d] += columns[0]
+                maybe[c:d] += columns[1]
+    return sure, maybe
+
+
+def _bounded_counts(s: _Search, chunk_size: int | None, q_sq: torch.Tensor, g_sq: torch.Tensor
+                    ) -> tuple[_Side, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1 and 2 of `_first_match_ranks`: (sorted queries, has_match, sure, maybe) in sorted order."""
     device = s.gallery.device
-    host = _Host(device)
-    q_sq = _sq_norms(s.queries)
-    g_sq = q_sq if s.leave_one_out else _sq_norms(s.gallery)
     dtype = _fast_dtype(device, max(q_sq.max().item(), g_sq.max().item()))
     kappa = _error_factor(s.gallery.shape[1], dtype)
     block = chunk_size or math.isqrt(_FAST_BLOCK_BYTES * 8 // torch.finfo(dtype).bits)
     qs = _side(s.queries, s.query_labels, q_sq, block)
     gs = qs if s.leave_one_out else _side(s.gallery, s.gallery_labels, g_sq, block)
     aug = _Augmented(qs, gs, dtype, _COPY_BYTES)
-
-    # 1. d*, the nearest same-class distance, computed in `dtype`; the exact one lies within d_err of it, where
-    #    d_err is bounded by the largest squared norm among the query's same-class gallery items
-    group = min(chunk_size or _MATCH_GROUP, _MATCH_GROUP)
-    d_star = _nearest_match(s, qs, gs, aug, host, group, max(group, block))
-    classes, first = np.unique(gs.labels, return_index=True)
-    class_sq = torch.from_numpy(np.maximum.reduceat(gs.sq.cpu().numpy(), first)).to(device)
-    at = torch.from_numpy(np.searchsorted(classes, qs.labels).clip(max=len(classes) - 1)).to(device)
-    has_match = torch.isfinite(d_star)
-    d_err = kappa * (qs.sq + class_sq[at])
-    low = torch.where(has_match, d_star - d_err, -math.inf)  # the exact d* lies in [low, high]
-    high = torch.where(has_match, d_star + d_err, -math.inf)  # (no match: count nothing)
-
-    # 2. one pass over the blocks: items surely below d* (`sure`) and possibly below or at it (`maybe`)
-    n_q = len(s.queries)
-    sure = torch.zeros(n_q, dtype=torch.int64, device=device)
-    maybe = torch.zeros(n_q, dtype=torch.int64, device=device)
-    g_block_sq = [gs.sq[a:b].max() for a, b in gs.blocks]
-    q_block_sq = [qs.sq[a:b].max() for a, b in qs.blocks]
-    def bounds(rows: slice, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Thresholds in `dtype` for these queries: below the first, surely closer than d*; above the second,
-        surely farther."""
-        return _rounded(low[rows] - err, dtype, down=True), _rounded(high[rows] + err, dtype, down=False)
-
-    buffer = torch.empty(0, dtype=dtype, device=device)  # one block's distances, reused
+    host = _Host(device)
     try:
-        for i, (a, b) in enumerate(qs.blocks):
-            q_aug = aug.query(a, b)
-            for j, (c, d) in enumerate(gs.blocks):
-                if s.leave_one_out and j < i:
-                    continue  # the lower triangle is the upper one's transpose
-                if buffer.numel() < (b - a) * (d - c):
-                    buffer = torch.empty((b - a) * (d - c), dtype=dtype, device=device)
-                dist = buffer[:(b - a) * (d - c)].view(b - a, d - c)
-                torch.matmul(q_aug, aug.gallery(c, d).T, out=dist)
-                overlap = qs.labels[a] <= gs.labels[d - 1] and gs.labels[c] <= qs.labels[b - 1]
-                same = host.same(qs.labels[a:b], gs.labels[c:d]) if overlap else None  # (also the query itself)
-                # the error of a distance in this block is at most kappa * (its query's + the largest gallery |g|^2)
-                row_bounds = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[j]))
-                col_bounds = None
-                if s.leave_one_out and j != i:  # the same block seen from its columns' queries
-                    col_bounds = bounds(slice(c, d), kappa * (gs.sq[c:d] + q_block_sq[i]))
-                rows, columns = host.counts(dist, [col_bounds, row_bounds], same)
-                sure[a:b] += rows[0]
-                maybe[a:b] += rows[1]
-                if columns is not None:
-                    sure[c:d] += columns[0]
-                    maybe[c:d] += columns[1]
+        # 1. d*, the nearest same-class distance, computed in `dtype`; the exact one lies within d_err of it,
+        #    d_err bounded by the largest squared norm among the query's same-class gallery items
+        group = min(chunk_size or _MATCH_GROUP, _MATCH_GROUP)
+        d_star = _nearest_match(s, qs, gs, aug, host, group, max(group, block))
+        classes, first = np.unique(gs.labels, return_index=True)
+        class_sq = torch.from_numpy(np.maximum.reduceat(gs.sq.cpu().numpy(), first)).to(device)
+        at = torch.from_numpy(np.searchsorted(classes, qs.labels).clip(max=len(classes) - 1)).to(device)
+        has_match = torch.isfinite(d_star)
+        d_err = kappa * (qs.sq + class_sq[at])
+        low = torch.where(has_match, d_star - d_err, -math.inf)  # the exact d* lies in [low, high]
+        high = torch.where(has_match, d_star + d_err, -math.inf)  # (no match: count nothing)
+        # 2. items surely and possibly closer than d*, in one pass
+        sure, maybe = _count_closer(s, qs, gs, aug, host, low, high, kappa)
     finally:
         host.close()
-    del aug, buffer
+    return qs, has_match, sure, maybe
 
+
+def _first_match_ranks(s: _Search, chunk_size: int | None, ks: list[int]) -> torch.Tensor:
+    """Per query, a rank r with (r < K) == (rank of its nearest same-class item < K) for every K in ks.
+
+    The rank is `_exact_ranks`'s; it is returned exactly where it decides a K, and as a lower bound that decides
+    every K the same way elsewhere (+inf for a query with no same-class item).
+    """
+    q_sq = _sq_norms(s.queries)
+    g_sq = q_sq if s.leave_one_out else _sq_norms(s.gallery)
+    qs, has_match, sure, maybe = _bounded_counts(s, chunk_size, q_sq, g_sq)
     # 3. float64 ranks where the two counts leave a K open
     ranks = sure.double().masked_fill_(~has_match, math.inf)
-    open_k = torch.zeros(n_q, dtype=torch.bool, device=device)
+    undecided = torch.zeros_like(has_match)
     for k in ks:
-        open_k |= has_match & (sure < k) & (maybe >= k)
-    if open_k.any():
-        positions = open_k.nonzero()[:, 0]
+        undecided |= has_match & (sure < k) & (maybe >= k)
+    if undecided.any():
+        positions = undecided.nonzero()[:, 0]
         rows = max(1, _EXACT_BYTES // (8 * len(s.gallery)))  # a few float64 (rows, gallery) blocks at a time
-        ranks[positions] = _exact_ranks(s, rows, qs.order[positions])
+        ranks[positions] = _exact_ranks(s, rows, qs.order[positions], g_sq)
     out = torch.empty_like(ranks)
     out[qs.order] = ranks
     return out

@@ -106,6 +106,16 @@ def test_chapter_executes_and_passes_nbval(path, tmp_path, book_cache):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
 
 
+
+@pytest.mark.book
+def test_chapter_07_recomputes_a_small_grid_without_a_table(tmp_path, book_cache):
+    """The committed results/embedded table is read by default; with no table, a ci-size grid is trained."""
+    path = next(p for p in CHAPTERS if p.name.startswith("07"))
+    execute_chapter(path, tmp_path, {"size": "ci", "ablation_dir": str(tmp_path / "no-table")})
+    results = json.loads((tmp_path / "results" / "07.json").read_text())
+    assert results["source"] == "recomputed at size ci"
+    assert {row["variant"] for row in results["ablation"]} == {"ProxyNCA++", "− low temperature", "ProxyNCA"}
+
 CHAPTER_TEMPLATE = """\
 # %% tags=["parameters"]
 size = "default"

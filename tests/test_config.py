@@ -145,6 +145,8 @@ def test_calibrated_learning_rates_apply_to_the_embedded_set_only():
 
     assert make_config("proxynca++").lr == CALIBRATED[("embedded", "proxynca++")]["lr"]
     assert make_config("proxynca").lr == CALIBRATED[("embedded", "proxynca")]["lr"]
+    for baseline, hdml in (("triplet", "hdml-triplet"), ("npair", "hdml-npair")):  # HDML at its baseline's rate
+        assert make_config(hdml).lr == make_config(baseline).lr == CALIBRATED[("embedded", baseline)]["lr"]
     assert make_config("proxynca++", dataset="cub", data_root="x").lr == 4e-3  # the paper's value
     assert make_config("proxynca++", lr=1e-3).lr == 1e-3  # an override wins
 

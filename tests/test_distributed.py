@@ -123,11 +123,18 @@ def _fits_in_processes(configs, data, out_dirs, report_dir):
     return results
 
 
+# At the paper's rates from scratch (lr 4e-3, proxies 4e2) the curve of this tiny run is chaotic: a 1e-7
+# difference in the order of a float sum (one process or two) grew to 1e-3 by step 7 and 8e-2 by step 11.
+# At these rates the same two runs stayed within 2e-6 for all 12 steps.
+CALM = {"lr": 1e-3, "proxy_lr": 1.0}
+
+
 @pytest.fixture(scope="module")
 def two_processes(tiny_data, tmp_path_factory):
     """Three configs fitted in 2 processes: ProxyNCA++ (warm-up, then the backbone; with files),
-    the triplet loss (gathered batch), and a batch that cannot be cut into 2 balanced shares."""
-    configs = [tiny_config(epochs=3, warmup_epochs=1), tiny_config("triplet"),
+    the triplet loss (gathered batch), and a batch that cannot be cut into 2 balanced shares.
+    The first two at CALM rates, where the curves do not amplify rounding differences."""
+    configs = [tiny_config(epochs=3, warmup_epochs=1, **CALM), tiny_config("triplet", lr=CALM["lr"]),
                tiny_config(batch_size=12)]
     out = tmp_path_factory.mktemp("ddp")
     results = distributed.spawn(_fits_in_processes, 2, configs, tiny_data, [out / "pp", None, None], out)
@@ -141,17 +148,13 @@ def _close(single, parallel, key, steps, rel):
 
 
 def test_two_processes_follow_the_one_process_curve(tiny_data, two_processes):
-    """Same global batch, same curve, up to the order of float sums.
-
-    Rounding differences (1e-7) grow step by step, from scratch at proxy lr 4e2 (measured: 1e-6 after
-    8 steps, 1e-3 after 11): the first steps must agree closely, the whole curve loosely.
-    """
+    """Same global batch, same curve, up to the order of float sums (ProxyNCA++: all 12 steps, warm-up
+    included; triplet: its hinge switches a term on or off at a tie, so a looser bound)."""
     configs, results, _ = two_processes
-    for config, parallel in zip(configs[:2], results[:2]):
+    for config, parallel, rel in zip(configs[:2], results[:2], (1e-4, 1e-3)):
         single = fit(config, tiny_data, progress=False)
         for key in ("loss", "grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
-            _close(single, parallel, key, steps=4, rel=1e-4)
-            _close(single, parallel, key, steps=None, rel=2e-2)
+            _close(single, parallel, key, steps=None, rel=rel)
         assert parallel.metrics["R@1"] == pytest.approx(single.metrics["R@1"], abs=100 * 2 / 64)  # ±2 images
         assert all(type(m) is not distributed.SyncBatchNorm for m in parallel.model.modules())
     assert [s["grad_backbone"] for s in results[0].history["steps"][:4]] == [0.0] * 4  # warm-up epoch
