@@ -86,11 +86,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pnca_utils import analysis, losses, metrics
+from pnca_utils import analysis, losses
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.plots import embedding_scatter, training_curves
+from pnca_utils.plots import embedding_scatter, training_curves, tsne_panels
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import build, embed, untrained_metrics
 
@@ -302,16 +302,8 @@ print(f"With {c} classes and temperature {t:g}, one image's ProxyNCA loss lies b
 # %%
 chosen = analysis.pick_classes(data.test.labels, tsne_classes, seed=seed)
 untrained_model, _ = build(proxynca_config, data.num_channels, data.num_train_classes)
-fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.8))
-tsne_r1 = {}
-for ax, (name, model) in zip(axes, [("untrained", untrained_model), ("ProxyNCA", proxynca.model),
-                                    ("NCA (in batch)", nca.model)]):
-    emb, labels = analysis.embed_classes(model, data.test, chosen, per_class=tsne_per_class)
-    tsne_r1[name] = 100 * metrics.recall_at_k(emb, labels, [1])[1]
-    embedding_scatter(analysis.tsne(emb, seed=seed), labels, ax=ax,
-                      title=f"{name}: R@1 {tsne_r1[name]:.1f} among these {tsne_classes} classes")
-fig.suptitle(f"t-SNE of {tsne_classes} test classes ({tsne_per_class} images each), one colour per class")
-fig.tight_layout()
+fig, tsne_r1 = tsne_panels({"untrained": untrained_model, "ProxyNCA": proxynca.model, "NCA (in batch)": nca.model},
+                           data.test, chosen, tsne_per_class, seed=seed)
 plt.savefig(figures / "01_tsne.png", dpi=110, bbox_inches="tight")
 plt.show()
 print("R@1 among the 12 classes: " + ", ".join(f"{k} {v:.1f}" for k, v in tsne_r1.items()))

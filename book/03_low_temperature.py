@@ -77,11 +77,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pnca_utils import analysis, losses, metrics, paper
+from pnca_utils import analysis, losses, paper
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.plots import curves, embedding_scatter, sweep
+from pnca_utils.plots import curves, sweep, tsne_panels
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import embed, untrained_metrics
 
@@ -352,16 +352,8 @@ print(f"\nMean gap on the training images: {g1['train: gap']:.2f} at T = 1, {g9[
 
 # %%
 chosen = analysis.pick_classes(data.test.labels, tsne_classes, seed=seed)
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
-tsne_r1 = {}
-for ax, name in zip(axes, ["1", "1/9"]):
-    emb, labels = analysis.embed_classes(trained[name].model, data.test, chosen, per_class=tsne_per_class,
-                                         device=device)
-    tsne_r1[f"T = {name}"] = 100 * metrics.recall_at_k(emb, labels, [1])[1]
-    embedding_scatter(analysis.tsne(emb, seed=seed), labels, ax=ax, classes=chosen,
-                      title=f"T = {name}: R@1 {tsne_r1[f'T = {name}']:.1f} among these {tsne_classes} classes")
-fig.suptitle(f"t-SNE of {tsne_classes} test classes ({tsne_per_class} images each), one colour per class")
-fig.tight_layout()
+fig, tsne_r1 = tsne_panels({f"T = {name}": trained[name].model for name in ["1", "1/9"]}, data.test, chosen,
+                           tsne_per_class, seed=seed, device=device)
 plt.savefig(figures / "03_tsne.png", dpi=110, bbox_inches="tight")
 plt.show()
 print("R@1 among the 12 classes: " + ", ".join(f"{k} {v:.1f}" for k, v in tsne_r1.items()))

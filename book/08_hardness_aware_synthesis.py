@@ -72,12 +72,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pnca_utils import analysis, hdml, metrics, paper
+from pnca_utils import analysis, hdml, paper
 from pnca_utils.book import BOOK_DIR
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.plots import embedding_scatter, hardening_picture, step_curves
+from pnca_utils.plots import hardening_picture, step_curves, tsne_panels
 from pnca_utils.runs import cached_fit
 from pnca_utils.training import untrained_metrics
 
@@ -317,16 +317,8 @@ for name, h in hdml_runs.items():
 
 # %%
 chosen = analysis.pick_classes(data.test.labels, tsne_classes, seed=seed)
-fig, axes = plt.subplots(1, 4, figsize=(17, 4.6))
-tsne_r1 = {}
-for ax, name in zip(axes, presets):
-    emb, labels = analysis.embed_classes(trained[name].model, data.test, chosen, per_class=tsne_per_class,
-                                         device=device)
-    tsne_r1[name] = 100 * metrics.recall_at_k(emb, labels, [1])[1]
-    embedding_scatter(analysis.tsne(emb, seed=seed), labels, ax=ax, classes=chosen,
-                      title=f"{name}: R@1 {tsne_r1[name]:.1f} among these classes")
-fig.suptitle(f"t-SNE of {tsne_classes} test classes ({tsne_per_class} images each), one colour per class")
-fig.tight_layout()
+fig, tsne_r1 = tsne_panels({name: trained[name].model for name in presets}, data.test, chosen, tsne_per_class,
+                           seed=seed, device=device)
 plt.savefig(figures / "08_tsne.png", dpi=110, bbox_inches="tight")
 plt.show()
 print("R@1 among the 12 classes: " + ", ".join(f"{k} {v:.1f}" for k, v in tsne_r1.items()))

@@ -7,6 +7,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str | None):
+    """Axis labels, a light grid, a small legend and the title; returns the axes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
 def show_gallery(images: np.ndarray, titles: Sequence[str] | None = None, ncols: int = 8,
                  size: float = 1.1, title: str | None = None):
     """Images (N, H, W) or (N, H, W, C) in a grid of `ncols` columns, one optional title each; returns the figure."""
@@ -118,6 +129,27 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray, title: str | None 
     return ax
 
 
+def tsne_panels(models: dict, dataset, classes: Sequence[int], per_class: int, seed: int = 0,
+                device: str = "cpu"):
+    """t-SNE maps of the same images of `classes` in `dataset`, embedded by each model ({title: model}).
+
+    One panel per model, side by side, one colour per class; each title gives R@1 among the shown
+    images, computed on the embeddings themselves (not on the map). Returns (figure, {title: R@1 %}).
+    """
+    from . import analysis, metrics
+
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4.8), squeeze=False)
+    r1 = {}
+    for ax, (name, model) in zip(axes[0], models.items()):
+        emb, labels = analysis.embed_classes(model, dataset, classes, per_class=per_class, device=device)
+        r1[name] = 100 * metrics.recall_at_k(emb, labels, [1])[1]
+        embedding_scatter(analysis.tsne(emb, seed=seed), labels, ax=ax, classes=classes,
+                          title=f"{name}: R@1 {r1[name]:.1f} among these {len(classes)} classes")
+    fig.suptitle(f"t-SNE of {len(classes)} test classes ({per_class} images each), one colour per class")
+    fig.tight_layout()
+    return fig, r1
+
+
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of the last `window` values at each step (fewer at the start): the trend without the batch noise."""
     values = np.asarray(values, dtype=float)
@@ -186,13 +218,7 @@ def curves(x: np.ndarray, ys: dict, xlabel: str, ylabel: str, ax=None, title: st
         ax.axhline(0, color="black", lw=0.8)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return ax
+    return _finish(ax, xlabel, ylabel, title)
 
 
 def sweep(values: Sequence[float], ys: dict, xlabel: str, ylabel: str, ax=None, title: str | None = None,
@@ -223,13 +249,7 @@ def sweep(values: Sequence[float], ys: dict, xlabel: str, ylabel: str, ax=None, 
     ax.set_xticks(x)
     ax.set_xticklabels(ticklabels if ticklabels is not None else [f"{v:g}" for v in x])
     ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return ax
+    return _finish(ax, xlabel, ylabel, title)
 
 
 def activation_overlays(images: np.ndarray, maps: dict, boxes: np.ndarray | None = None,
@@ -396,13 +416,7 @@ def histograms(samples: dict, xlabel: str, bins: int = 30, ax=None, title: str |
         ax = plt.subplots(figsize=(5, 3.6))[1]
     for k, (label, v) in enumerate(values.items()):
         ax.hist(v, bins=edges, density=density, alpha=0.5, color=f"C{k}", label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density" if density else "count")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return ax
+    return _finish(ax, xlabel, "density" if density else "count", title)
 
 
 def image_rows(rows: dict, size: float = 1.1, title: str | None = None):

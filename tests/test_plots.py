@@ -220,3 +220,22 @@ def test_delta_bars_colours_and_labels():
     assert ax.patches[0].get_facecolor()[0] > ax.patches[0].get_facecolor()[1]  # red for a drop
     with pytest.raises(ValueError, match="empty"):
         delta_bars({})
+
+
+def test_tsne_panels_title_each_model_with_the_recall_of_its_embeddings(tiny_data):
+    from pnca_utils import analysis, metrics
+    from pnca_utils.config import make_config
+    from pnca_utils.plots import tsne_panels
+    from pnca_utils.training import build
+
+    models = {f"net {k}": build(make_config("proxynca", "ci", weights=None, embedding_dim=8, seed=k), 1,
+                                tiny_data.num_train_classes)[0] for k in (0, 1)}
+    chosen = [1, 4, 6]
+    fig, r1 = tsne_panels(models, tiny_data.test, chosen, per_class=4)
+    assert len(fig.axes) == 2 and list(r1) == ["net 0", "net 1"]
+    for ax, (name, model) in zip(fig.axes, models.items()):
+        emb, labels = analysis.embed_classes(model, tiny_data.test, chosen, per_class=4)
+        assert r1[name] == 100 * metrics.recall_at_k(emb, labels, [1])[1]
+        assert ax.get_title() == f"{name}: R@1 {r1[name]:.1f} among these 3 classes"
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 12  # 3 classes x 4 images
+    assert fig._suptitle.get_text().startswith("t-SNE of 3 test classes (4 images each)")
