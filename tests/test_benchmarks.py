@@ -42,12 +42,18 @@ def test_first_hit_ranks_drops_the_query_itself(bench):
     assert bench.first_hit_ranks(neighbours, labels).tolist() == [2, 0, 2, 2]
 
 
-def test_agreement_check_rejects_a_wrong_recall(bench):
+@pytest.fixture
+def faiss_ranks(bench):
+    """1,500 clustered points in 16 d, and each one's first-hit rank from faiss's 101 nearest neighbours."""
     faiss = pytest.importorskip("faiss")
     x, y = bench.clustered_embeddings(1500, 280, 16)
     index = faiss.IndexFlatL2(16)
     index.add(x)
-    ranks = bench.first_hit_ranks(index.search(x, 101)[1], y)
+    return x, y, bench.first_hit_ranks(index.search(x, 101)[1], y)
+
+
+def test_agreement_check_rejects_a_wrong_recall(bench, faiss_ranks):
+    x, y, ranks = faiss_ranks
     ks = (1, 10, 100)
     from pnca_utils.metrics import recall_at_k
 
@@ -58,14 +64,10 @@ def test_agreement_check_rejects_a_wrong_recall(bench):
         bench.check_against_faiss(x, y, ranks, ks, wrong)
 
 
-def test_agreement_check_rejects_wrong_ranks(bench, monkeypatch):
-    faiss = pytest.importorskip("faiss")
+def test_agreement_check_rejects_wrong_ranks(bench, faiss_ranks, monkeypatch):
     from pnca_utils import metrics
 
-    x, y = bench.clustered_embeddings(1500, 280, 16)
-    index = faiss.IndexFlatL2(16)
-    index.add(x)
-    ranks = bench.first_hit_ranks(index.search(x, 101)[1], y)
+    x, y, ranks = faiss_ranks
     ks = (1, 10, 100)
     right = metrics._first_match_ranks
 
