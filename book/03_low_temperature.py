@@ -306,8 +306,8 @@ plt.show()
 #
 # How to read the comparison with the paper: its $-10.8$ points come from a ResNet-50 on real photos,
 # trained for many more epochs, averaged over its benchmarks; ours from a small CNN on a toy set, in
-# 8 epochs, one seed, with learning rates calibrated for $T = 1/9$. Chapter 07 repeats the removal
-# over seeds.
+# a few epochs (4 at size `default`), one seed, with learning rates calibrated for $T = 1/9$.
+# Chapter 07 repeats the removal over seeds.
 #
 # ## Did the low temperature separate the classes?
 #

@@ -180,19 +180,19 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
     bar.close()
     keys = {run_key(config) for _, _, config in jobs}
     finished = [r for r in rows if r["key"] in keys]
-    _write_meta(out / "grid.json", size, seeds, fixed, finished)
+    _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in jobs), fixed, finished)
     return pd.DataFrame(finished)
 
 
-def _write_meta(path: Path, size: str, seeds: int, fixed: dict, rows: list[dict]) -> None:
-    """What the grid ran, and on what: size, seeds, fixed values, summed run time, machine and versions."""
+def _write_meta(path: Path, size: str, seeds: int, epochs: int, fixed: dict, rows: list[dict]) -> None:
+    """What the grid ran, and on what: size, seeds, epochs, fixed values, summed run time, machine and versions."""
     import json
     import os
     import platform
 
     import torch
 
-    meta = {"size": size, "seeds": seeds, "fixed": fixed, "runs": len(rows),
+    meta = {"size": size, "seeds": seeds, "epochs": epochs, "fixed": fixed, "runs": len(rows),
             "run_seconds": round(sum(r["seconds"] for r in rows), 1),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -241,6 +241,34 @@ def summarize(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
         row["paper source"] = v.paper_delta[1] if v.paper_delta else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def verdict(row) -> str:
+    """A summary row's paired Δ R@1 in one word: 'drop', 'gain', 'within noise', or '' without an interval."""
+    if row["within_noise"] is True:
+        return "within noise"
+    if row["within_noise"] is False:
+        return "gain" if row["Δ R@1"] > 0 else "drop"
+    return ""
+
+
+def compare(short: pd.DataFrame, long: pd.DataFrame, labels: tuple[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """Two summaries of the same grid (say, trained for 4 and for 8 epochs) side by side.
+
+    Returns a table per variant of `short` (R@1 mean, Δ R@1 and its verdict under each label, the
+    paper's Δ) and the variants whose verdict differs between the two, as 'name (a → b)'.
+    """
+    a, b = short.set_index("variant"), long.set_index("variant").reindex(short["variant"])
+    table = pd.DataFrame(index=a.index)
+    for label, s in zip(labels, (a, b)):
+        table[f"R@1, {label}"] = s["R@1 mean"]
+        table[f"Δ R@1, {label}"] = s["Δ R@1"]
+        table[f"verdict, {label}"] = [verdict(r) for _, r in s.iterrows()]
+    table["paper Δ R@1"] = a["paper Δ R@1"]
+    first, second = (table[f"verdict, {label}"] for label in labels)
+    changed = [f"{name} ({first[name]} → {second[name]})" for name in table.index
+               if first[name] and second[name] and first[name] != second[name]]
+    return table, changed
 
 
 def _pm(mean: float, std: float) -> str:

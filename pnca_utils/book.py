@@ -270,12 +270,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.site:
             print(f"site: {render_site(args.out)}")
             return 0
+        cached = len(list(Path(args.out, "runs").glob("*/metrics.json")))
         seconds = run_book(args.size, args.out, args.only, args.solutions, parameters=parse_parameters(args.parameter))
     except BookError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"total {sum(seconds.values()):.1f} s for {len(seconds)} chapter(s); notebooks in {args.out}/")
+    if args.only is None:
+        write_book_time(Path(args.out) / "book_time.json", args.size, seconds, cached)
     return 0
+
+
+def write_book_time(path: Path, size: str, seconds: dict, cached_runs: int) -> None:
+    """Record a whole book's wall time: per chapter, in all, and on what (benchmarks/run.py copies it)."""
+    import datetime
+    import platform
+
+    path.write_text(json.dumps({
+        "size": size, "total_seconds": round(sum(seconds.values()), 1),
+        "chapters": {name: round(value, 1) for name, value in seconds.items()},
+        "finished_runs_before": cached_runs,  # > 0: some training was reused from an earlier build
+        "cpus": os.cpu_count(), "load_average_end": list(os.getloadavg()), "python": platform.python_version(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

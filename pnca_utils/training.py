@@ -48,11 +48,16 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, dataset, batch_size: int = 256, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised embeddings of a whole data set (eval mode), and its labels."""
+def embed(model: nn.Module, dataset, batch_size: int = 64, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised embeddings of a whole data set (eval mode), and its labels.
+
+    The loader seeds itself from a generator of its own: iterating a DataLoader draws a seed from the
+    global generator otherwise, and evaluating between epochs would then change the random
+    augmentation of the epochs after it.
+    """
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     out = torch.cat([model(x.to(device)).float().cpu() for x, _ in loader])
     model.train(was_training)
     return F.normalize(out, dim=1), torch.as_tensor(np.asarray(dataset.labels))

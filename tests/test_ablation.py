@@ -1,4 +1,5 @@
 """The ablation grid: variants change exactly their components, aggregation math, resume, CLI errors."""
+import json
 import math
 
 import pandas as pd
@@ -97,6 +98,22 @@ def test_summary_pairs_seeds_and_marks_noise():
     assert table.splitlines()[5].endswith("| +8.0 |  |")  # D: no interval, no paper value
 
 
+def test_verdicts_and_two_grids_side_by_side():
+    variants = [Variant("A", "full"), Variant("B", "removal", reference="A"), Variant("C", "removal", reference="A"),
+                Variant("D", "removal", reference="A")]
+    short = summarize(_runs({"A": {0: 50, 1: 52, 2: 54}, "B": {0: 40, 1: 43, 2: 45}, "C": {0: 51, 1: 51, 2: 54},
+                             "D": {0: 60, 1: 61, 2: 63}}), variants)
+    # longer training: B's drop vanishes into noise (diffs 1, -1, 0), C becomes a drop, D stays a gain; D missing seeds
+    long = summarize(_runs({"A": {0: 60, 1: 62, 2: 64}, "B": {0: 61, 1: 61, 2: 64}, "C": {0: 50, 1: 53, 2: 55},
+                            "D": {0: 70}}), variants)
+    assert [ablation.verdict(r) for _, r in short.iterrows()] == ["", "drop", "within noise", "gain"]
+    table, changed = ablation.compare(short, long, ("4 ep", "8 ep"))
+    assert list(table.index) == ["A", "B", "C", "D"]
+    assert table.loc["B", "Δ R@1, 8 ep"] == 0 and table.loc["A", "R@1, 8 ep"] == 62
+    assert table.loc["D", "verdict, 8 ep"] == ""  # one seed: no interval, no verdict, so no change is claimed
+    assert changed == ["B (drop → within noise)", "C (within noise → drop)"]
+
+
 def test_select_and_grid_names():
     assert [v.name for v in select(proxynca_grid(), ["ProxyNCA", "ProxyNCA++"])] == ["ProxyNCA", "ProxyNCA++"]
     with pytest.raises(ConfigError, match="'nope'"):
@@ -116,6 +133,8 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     assert sorted(zip(first["variant"], first["seed"])) == sorted((v.name, s) for v in variants for s in (0, 1))
     assert run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed).equals(first)
     assert len(calls) == 4  # nothing retrained
+    meta = json.loads((tmp_path / "grid.json").read_text())
+    assert (meta["size"], meta["seeds"], meta["epochs"], meta["runs"]) == ("ci", 2, 1, 4)
 
     table = pd.read_csv(tmp_path / "runs.csv")
     lost = table.iloc[1]

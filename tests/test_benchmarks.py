@@ -101,6 +101,8 @@ def test_quick_run_end_to_end(tmp_path):
             assert set(r[impl]["recall"]) == {"1", "10", "100", "1000"}
         assert r["ratio_vs_faiss"] == pytest.approx(r["ours"]["seconds"] / r["faiss"]["seconds"])
         assert r["agreement"]["pml_recall_equal_to_faiss"]
+        assert r["matmul_floor"]["blocks"] >= 1 and r["matmul_floor"]["seconds"] > 0
+        assert r["ratio_vs_floor"] == pytest.approx(r["ours"]["seconds"] / r["matmul_floor"]["seconds"])
         a = r["agreement"]
         assert a["recall_equal"] or a["explained_by_near_ties"] == a["queries_disagreeing"]
     loss = report["loss"]

@@ -25,7 +25,7 @@ RESULT_KEYS = {  # keys of results/NN.json, as each chapter documents them
     "04": {"size", "max", "avg", "untrained", "activation"},
     "05": {"size", "split", "gradients", "proxy_lr_sweep", "interaction", "untrained"},
     "06": {"size", "full", "balanced", "layernorm", "image_size", "table"},
-    "07": {"size", "full", "ablation", "source"},
+    "07": {"size", "full", "ablation", "ablation_longer", "source"},
     "08": {"size", "methods", "table", "source"},
     "09": {"size", "presets", "table", "runs", "trained"},
 }
@@ -115,6 +115,7 @@ def test_chapter_07_recomputes_a_small_grid_without_a_table(tmp_path, book_cache
     results = json.loads((tmp_path / "results" / "07.json").read_text())
     assert results["source"] == "recomputed at size ci"
     assert {row["variant"] for row in results["ablation"]} == {"ProxyNCA++", "− low temperature", "ProxyNCA"}
+    assert results["ablation_longer"] is None  # a ci table is not set beside the committed 8-epoch grid
 
 CHAPTER_TEMPLATE = """\
 # %% tags=["parameters"]
@@ -217,3 +218,17 @@ def test_site_renders_an_index(tmp_path):
     page = (tmp_path / "site" / "index.html").read_text()
     assert 'href="00_intro.html"' in page and "00 · A title" in page
     assert (tmp_path / "site" / "00_intro.html").stat().st_size > 0
+
+
+def test_a_whole_book_records_its_wall_time(tmp_path, monkeypatch):
+    import pnca_utils.book as book
+
+    (tmp_path / "runs" / "old-run").mkdir(parents=True)
+    (tmp_path / "runs" / "old-run" / "metrics.json").write_text("{}")
+    monkeypatch.setattr(book, "run_book", lambda *a, **k: {"00_a": 1.25, "01_b": 2.5})
+    assert main(["--size", "ci", "--out", str(tmp_path), "--only", "00"]) == 0
+    assert not (tmp_path / "book_time.json").exists()  # one chapter is not the book's time
+    assert main(["--size", "ci", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "book_time.json").read_text())
+    assert record["size"] == "ci" and record["total_seconds"] == 3.8 and record["chapters"]["01_b"] == 2.5
+    assert record["finished_runs_before"] == 1 and record["cpus"] == os.cpu_count()

@@ -128,6 +128,23 @@ def test_same_seed_same_metrics_json(tiny_data, two_epochs, tmp_path):
     assert other.history["steps"][0]["loss"] != two_epochs[0].history["steps"][0]["loss"]
 
 
+def test_evaluating_between_epochs_leaves_training_unchanged(tiny_data):
+    """Evaluation draws no random numbers from the global generator that random augmentation (the photo
+    pipeline's crops and flips) draws from: a run evaluated after every epoch trains exactly as the same
+    run evaluated only at the end."""
+    from torchvision import transforms as T
+
+    train = tiny_data.train
+    augmented = TensorImageDataset(train.images.numpy(), [train.classes[i] for i in train.labels],
+                                   T.Compose([train.transform, T.RandomHorizontalFlip()]))
+    data = RetrievalData(tiny_data.name, augmented, tiny_data.test, tiny_data.recall_ks)
+    every = fit(tiny_config(epochs=2, eval_every=1), data, progress=False)
+    once = fit(tiny_config(epochs=2, eval_every=2), data, progress=False)
+    assert "R@1" in every.history["epochs"][0] and "R@1" not in once.history["epochs"][0]
+    assert [s["loss"] for s in once.history["steps"]] == [s["loss"] for s in every.history["steps"]]
+    assert once.metrics == every.metrics
+
+
 def test_nan_loss_stops_with_epoch_and_step(tiny_data, tmp_path, monkeypatch):
     calls = []
     loss = training._loss
