@@ -125,7 +125,11 @@ def _fits_in_processes(configs, data, out_dirs, report_dir):
 
 # At the paper's rates from scratch (lr 4e-3, proxies 4e2) the curve of this tiny run is chaotic: a 1e-7
 # difference in the order of a float sum (one process or two) grew to 1e-3 by step 7 and 8e-2 by step 11.
-# At these rates the same two runs stayed within 2e-6 for all 12 steps.
+# At these calmer rates the curves stay close, but once the backbone trains they still drift apart: the
+# channels-last convolutions round differently for a share of 6 images than for the batch of 12, and max
+# pooling and ReLU switch at near-ties. Measured with ProxyNCA++: within 1.4e-7 over the warm-up epoch
+# (backbone frozen), 4e-6 at the first backbone step, 1.2e-2 by step 12; triplet: within 2.2e-6 over its
+# first 3 steps, 4.4e-4 by step 4. So the test is tight where rounding cannot have grown, and loose after.
 CALM = {"lr": 1e-3, "proxy_lr": 1.0}
 
 
@@ -148,13 +152,15 @@ def _close(single, parallel, key, steps, rel):
 
 
 def test_two_processes_follow_the_one_process_curve(tiny_data, two_processes):
-    """Same global batch, same curve, up to the order of float sums (ProxyNCA++: all 12 steps, warm-up
-    included; triplet: its hinge switches a term on or off at a tie, so a looser bound)."""
+    """Same global batch, same curve: equal up to the order of float sums in the first steps (ProxyNCA++: its
+    warm-up epoch; triplet: 3 steps), where a wrong share or an unaveraged gradient would already differ by
+    a factor, then within the drift that rounding grows into (see CALM) over all 12 steps."""
     configs, results, _ = two_processes
-    for config, parallel, rel in zip(configs[:2], results[:2], (1e-4, 1e-3)):
+    for config, parallel, (first, tight, loose) in zip(configs[:2], results[:2], ((4, 1e-5, 5e-2), (3, 1e-4, 1e-2))):
         single = fit(config, tiny_data, progress=False)
         for key in ("loss", "grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
-            _close(single, parallel, key, steps=None, rel=rel)
+            _close(single, parallel, key, steps=first, rel=tight)
+            _close(single, parallel, key, steps=None, rel=loose)
         assert parallel.metrics["R@1"] == pytest.approx(single.metrics["R@1"], abs=100 * 2 / 64)  # ±2 images
         assert all(type(m) is not distributed.SyncBatchNorm for m in parallel.model.modules())
     assert [s["grad_backbone"] for s in results[0].history["steps"][:4]] == [0.0] * 4  # warm-up epoch
