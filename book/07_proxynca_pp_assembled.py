@@ -264,7 +264,8 @@ print("Removals that raised R@1, their whole interval above 0: " + (", ".join(ra
 # %%
 longer = None
 if (longer_table_dir / "runs.csv").exists() and source != "recomputed at size ci":
-    longer_meta = json.loads((longer_table_dir / "grid.json").read_text())
+    longer_meta_path = longer_table_dir / "grid.json"
+    longer_meta = json.loads(longer_meta_path.read_text()) if longer_meta_path.exists() else {}
     longer = ablation.summarize(pd.read_csv(longer_table_dir / "runs.csv"), variants)
     labels = (f"{meta.get('epochs', '?')} ep", f"{longer_meta.get('epochs', '?')} ep")
     both, changed = ablation.compare(summary, longer, labels)
