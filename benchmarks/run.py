@@ -193,16 +193,13 @@ def child_recall_floor(args: dict) -> dict:
     q = torch.cat([x, sq[:, None], ones], 1)
     g = torch.cat([-2 * x, ones, sq[:, None]], 1)
     buffer = torch.empty(block, block)
-    starts = range(0, len(x), block)
+    pairs = [(i, j) for i in range(0, len(x), block) for j in range(i, len(x), block)]
     torch.matmul(q[:block], g[:block].T, out=buffer[:min(block, len(x)), :min(block, len(x))])  # warm-up
     with Measure() as m:
-        for i in starts:
-            for j in starts:
-                if j >= i:
-                    a, c = q[i:i + block], g[j:j + block]
-                    torch.matmul(a, c.T, out=buffer[:len(a), :len(c)])
-    return m.record(threads=torch.get_num_threads(), block=block,
-                    blocks=sum(1 for i in starts for j in starts if j >= i))
+        for i, j in pairs:
+            a, c = q[i:i + block], g[j:j + block]
+            torch.matmul(a, c.T, out=buffer[:len(a), :len(c)])
+    return m.record(threads=torch.get_num_threads(), block=block, blocks=len(pairs))
 
 
 def first_hit_ranks(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -162,8 +162,7 @@ variants = ablation.proxynca_grid()
 if (table_dir / "runs.csv").exists():
     source = str(table_dir)
     grid_runs = pd.read_csv(table_dir / "runs.csv")
-    meta_path = table_dir / "grid.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = ablation.read_meta(table_dir)
 else:
     source = "recomputed at size ci"
     variants = ablation.select(variants, ["ProxyNCA++", "− low temperature", "ProxyNCA"])
@@ -264,10 +263,8 @@ print("Removals that raised R@1, their whole interval above 0: " + (", ".join(ra
 # %%
 longer = None
 if (longer_table_dir / "runs.csv").exists() and source != "recomputed at size ci":
-    longer_meta_path = longer_table_dir / "grid.json"
-    longer_meta = json.loads(longer_meta_path.read_text()) if longer_meta_path.exists() else {}
     longer = ablation.summarize(pd.read_csv(longer_table_dir / "runs.csv"), variants)
-    labels = (f"{meta.get('epochs', '?')} ep", f"{longer_meta.get('epochs', '?')} ep")
+    labels = (f"{meta.get('epochs', '?')} ep", f"{ablation.read_meta(longer_table_dir).get('epochs', '?')} ep")
     both, changed = ablation.compare(summary, longer, labels)
     print(both.to_string(float_format=lambda v: f"{v:.1f}", na_rep=""))
     gain = both.loc["ProxyNCA++", f"R@1, {labels[1]}"] - both.loc["ProxyNCA++", f"R@1, {labels[0]}"]

@@ -73,7 +73,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pnca_utils import analysis, hdml, paper
+from pnca_utils import ablation, analysis, hdml, paper
 from pnca_utils.book import BOOK_DIR
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
@@ -348,8 +348,7 @@ if seeded is None:
 else:
     shown = ["variant"] + [c for c in ["n", *[f"{m} {s}" for m in columns for s in ("mean", "std")],
                                         "Δ R@1", "Δ low", "Δ high", "paper Δ R@1"] if c in seeded.columns]
-    grid_file = seeded_dir / "grid.json"
-    grid_meta = json.loads(grid_file.read_text()) if grid_file.exists() else {}
+    grid_meta = ablation.read_meta(seeded_dir)
     print(f"{seeded_dir / 'ablation.csv'} (written by `make reproduce`, size {grid_meta.get('size', '?')!r}, "
           f"{grid_meta.get('seeds', '?')} seeds):")
     print(seeded[shown].to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep=""))
@@ -374,12 +373,9 @@ longer = analysis.read_table(longer_table_dir / "ablation.csv", ["variant", "R@1
 if seeded is None or longer is None:
     print(f"Nothing to compare: the seeded table or {longer_table_dir / 'ablation.csv'} is missing.")
 else:
-    epochs_of = {}
-    for name, folder in (("seeded", seeded_dir), ("longer", longer_table_dir)):
-        meta_file = folder / "grid.json"
-        epochs_of[name] = json.loads(meta_file.read_text()).get("epochs", "?") if meta_file.exists() else "?"
-    both = pd.DataFrame({f"R@1, {epochs_of['seeded']} epochs": seeded.set_index("variant")["R@1 mean"],
-                         f"R@1, {epochs_of['longer']} epochs": longer.set_index("variant")["R@1 mean"]})
+    both = pd.DataFrame({f"R@1, {ablation.read_meta(folder).get('epochs', '?')} epochs":
+                         table.set_index("variant")["R@1 mean"]
+                         for folder, table in ((seeded_dir, seeded), (longer_table_dir, longer))})
     print(both.to_string(float_format=lambda v: f"{v:.1f}", na_rep=""))
     for column in both.columns:
         ranking = both[column].dropna().sort_values(ascending=False)

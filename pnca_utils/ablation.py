@@ -200,6 +200,14 @@ def _write_meta(path: Path, size: str, seeds: int, epochs: int, fixed: dict, row
     path.write_text(json.dumps(meta, indent=2))
 
 
+def read_meta(folder: str | Path) -> dict:
+    """The `grid.json` that `run_grid` wrote in `folder` (size, seeds, epochs, machine, ...); {} when there is none."""
+    import json
+
+    path = Path(folder) / "grid.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def mean_interval(values, level: float = 0.95) -> tuple[float, float, float, float]:
     """(mean, sample std, interval low, interval high): Student-t interval of the mean; NaN with one value."""
     values = np.asarray(values, dtype=float)

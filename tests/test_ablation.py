@@ -133,8 +133,10 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     assert sorted(zip(first["variant"], first["seed"])) == sorted((v.name, s) for v in variants for s in (0, 1))
     assert run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed).equals(first)
     assert len(calls) == 4  # nothing retrained
-    meta = json.loads((tmp_path / "grid.json").read_text())
+    meta = ablation.read_meta(tmp_path)
+    assert meta == json.loads((tmp_path / "grid.json").read_text())
     assert (meta["size"], meta["seeds"], meta["epochs"], meta["runs"]) == ("ci", 2, 1, 4)
+    assert ablation.read_meta(tmp_path / "no-grid") == {}
 
     table = pd.read_csv(tmp_path / "runs.csv")
     lost = table.iloc[1]
