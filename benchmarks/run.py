@@ -165,40 +165,47 @@ def child_ours_recall(args: dict) -> dict:
 
     x, y = np.load(args["x"]), np.load(args["y"])
     metrics.recall_at_k(x[:300], y[:300], args["ks"])  # warm-up: imports, thread pool, BLAS
-    recomputed, exact_ranks = [], metrics._exact_ranks
+    recounted, band_ranks, exact_ranks = {"band": 0, "whole_rows": 0}, metrics._band_ranks, metrics._exact_ranks
 
-    def counting(s, chunk_rows, rows=None, g_sq=None):  # how many queries the float32 bounds left open
-        recomputed.append(len(s.queries) if rows is None else len(rows))
+    def from_band(s, qs, gs, positions, sure, band):  # how many queries the float32 bounds left open
+        recounted["band"] += len(positions)
+        return band_ranks(s, qs, gs, positions, sure, band)
+
+    def from_rows(s, chunk_rows, rows=None, g_sq=None):  # the same, when the band was too large to keep
+        recounted["whole_rows"] += len(s.queries) if rows is None else len(rows)
         return exact_ranks(s, chunk_rows, rows, g_sq)
 
-    metrics._exact_ranks = counting
+    metrics._band_ranks, metrics._exact_ranks = from_band, from_rows
     with Measure() as m:
         recall = metrics.recall_at_k(x, y, args["ks"])
     return m.record(recall={str(k): v for k, v in recall.items()}, threads=torch.get_num_threads(),
-                    float64_recomputed_queries=sum(recomputed))
+                    float64_recounted_queries=recounted)
 
 
 def child_recall_floor(args: dict) -> dict:
     """The matrix products our leave-one-out pass cannot avoid, and nothing else: float32 blocks of the
     distance matrix's upper triangle (diagonal blocks included), each [q, |q|^2, 1] . [-2g, 1, |g|^2]^T,
-    with the block size `recall_at_k` uses. Its time is a floor for ours."""
+    with the blocks `recall_at_k` uses. Its time is a floor for ours."""
     import torch
 
     from pnca_utils import metrics
 
     x = torch.from_numpy(np.load(args["x"]))
     block = math.isqrt(metrics._FAST_BLOCK_BYTES // 4)
-    sq = (x.double() ** 2).sum(1).float()
-    ones = torch.ones(len(x), 1)
-    q = torch.cat([x, sq[:, None], ones], 1)
-    g = torch.cat([-2 * x, ones, sq[:, None]], 1)
-    buffer = torch.empty(block, block)
-    pairs = [(i, j) for i in range(0, len(x), block) for j in range(i, len(x), block)]
-    torch.matmul(q[:block], g[:block].T, out=buffer[:min(block, len(x)), :min(block, len(x))])  # warm-up
+    sq, everything = metrics._sq_norms(x), torch.arange(len(x))
+    q, g = (metrics._augmented(x, everything, sq, torch.float32, query) for query in (True, False))
+    buffer = torch.empty(block * block)
+    tiles = metrics._tiles(len(x), block)
+    pairs = [(i, j) for n, i in enumerate(tiles) for j in tiles[n:]]
+
+    def product(i, j):
+        a, c = q[i[0]:i[1]], g[j[0]:j[1]]
+        torch.matmul(a, c.T, out=buffer[:len(a) * len(c)].view(len(a), len(c)))
+
+    product(tiles[0], tiles[0])  # warm-up
     with Measure() as m:
         for i, j in pairs:
-            a, c = q[i:i + block], g[j:j + block]
-            torch.matmul(a, c.T, out=buffer[:len(a), :len(c)])
+            product(i, j)
     return m.record(threads=torch.get_num_threads(), block=block, blocks=len(pairs))
 
 

@@ -20,13 +20,13 @@ want cosine ranking.
 Recall@K needs one number per query: its rank, the number of other-class items that come before its nearest
 same-class item. It is counted in one pass over float32 distance blocks (in leave-one-out over half the
 matrix, distances being symmetric), with a proven bound on float32's rounding: items surely closer and items
-possibly closer are counted apart, and a query whose two counts leave a K undecided is recomputed in float64.
-Results are therefore those of the float64 definition above; see `_first_match_ranks`.
+possibly closer are counted apart, and for a query whose two counts leave a K undecided the few items between
+them are compared again in float64. Results are therefore those of the float64 definition above; see
+`_first_match_ranks`.
 """
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
@@ -119,9 +119,16 @@ def _block_side(chunk_size) -> int | None:
 
 # ------------------------------------------------------------------------------------------ chunked distances
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared row norms in float64 (exact products of the float32 coordinates), a slice of rows at a time."""
+    """Squared row norms in float64 (exact products of the float32 coordinates), a slice of rows at a time
+    through one reused buffer (fresh temporaries would cost a page fault per page of every slice)."""
     rows = max(1, _EXACT_BYTES // 2 // (8 * x.shape[1]))
-    return torch.cat([c.double().pow(2).sum(1) for c in x.split(rows)])
+    out = torch.empty(len(x), dtype=torch.float64, device=x.device)
+    buffer = torch.empty(min(rows, len(x)), x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), rows):
+        part = buffer[:len(x[start:start + rows])]
+        part.copy_(x[start:start + rows]).mul_(part)
+        torch.sum(part, 1, out=out[start:start + len(part)])
+    return out
 
 
 def _blocks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None, g_sq: torch.Tensor | None = None
@@ -186,11 +193,14 @@ def _exact_ranks(s: _Search, chunk_rows: int, rows: torch.Tensor | None = None,
 # it in one pass over float32 distance blocks -- in leave-one-out over the upper triangle only, each block
 # counted for its rows and for its columns. A float32 distance is off the exact one by at most
 # kappa * (|q|^2 + |g|^2) (see `_error_factor`), so each count is made twice: items surely below d* and items
-# that may be below or at it. Where the two counts bracket a K of interest, that query's rank is recomputed in
-# float64 by `_exact_ranks`; the result is therefore the float64 definition's for every query and every K.
+# that may be below or at it; the pairs counted by the second and not the first (the band) are kept. Where the
+# two counts bracket a K of interest, that query's band is compared with its nearest match in float64
+# (`_band_ranks`; `_exact_ranks` on whole rows when the band was too large to keep); the result is therefore the
+# float64 definition's for every query and every K.
 _FAST_BLOCK_BYTES = 16 * 2**20  # one float32 distance block of the counting pass (2048 x 2048)
-_MATCH_GROUP = 512  # queries per block when looking for the nearest same-class item
+_MATCH_GROUP = 64  # queries per block when looking for the nearest same-class item
 _COPY_BYTES = 512 * 2**20  # sorted, augmented copies of the gallery and queries kept for the whole pass
+_BAND_PAIRS = 2**22  # (query, item) pairs kept for the float64 recount (two int64 each: 64 MB); more: whole rows
 
 
 def _error_factor(dim: int, dtype: torch.dtype) -> float:
@@ -218,14 +228,23 @@ def _fast_dtype(device: torch.device, largest_sq: float) -> torch.dtype:
     return torch.float32 if ieee and largest_sq < 2.0 ** 100 else torch.float64
 
 
+def _augmented_width(dim: int) -> int:
+    """Columns of an augmented row: dim + 2, padded with zeros to a multiple of 8 (faster matrix products)."""
+    return -(-(dim + 2) // 8) * 8
+
+
 def _augmented(x: torch.Tensor, index: torch.Tensor, sq: torch.Tensor, dtype: torch.dtype, query: bool,
-               rows: int = 8192) -> torch.Tensor:
-    """Rows [x, |x|^2, 1] (query side) or [-2x, 1, |x|^2] (gallery side) of x[index]: the dot product of a
-    query row and a gallery row is their squared distance. Gathered a slice at a time (no full-size copy)."""
-    out = torch.empty(len(index), x.shape[1] + 2, dtype=dtype, device=x.device)
+               out: torch.Tensor | None = None, rows: int = 8192) -> torch.Tensor:
+    """Rows [x, 0.., |x|^2, 1] (query side) or [-2x, 0.., 1, |x|^2] (gallery side) of x[index]: the dot product
+    of a query row and a gallery row is their squared distance (the zero padding adds exact zeros). Gathered a
+    slice at a time (no full-size copy), into `out` when given."""
+    dim = x.shape[1]
+    if out is None:
+        out = torch.empty(len(index), _augmented_width(dim), dtype=dtype, device=x.device)
     for start in range(0, len(index), rows):
-        part = out[start:start + rows, :-2]
+        part = out[start:start + rows, :dim]
         torch.mul(x[index[start:start + rows]], 1.0 if query else -2.0, out=part)
+    out[:, dim:-2] = 0
     out[:, -2], out[:, -1] = (sq, 1.0) if query else (1.0, sq)
     return out
 
@@ -254,6 +273,17 @@ def _partition(sorted_labels: np.ndarray, size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _tiles(n: int, size: int) -> list[tuple[int, int]]:
+    """Consecutive [start, end) ranges of `size` items; a last range of r items is cut into r - r % 8 and r % 8,
+    since a float32 matrix product whose output rows have a width that is not a multiple of 8 is ~40 % slower
+    (measured with MKL on AVX-512): every range but a short last one then has a fast width when size has."""
+    out = [(a, min(a + size, n)) for a in range(0, n, size)]
+    a, b = out[-1] if out else (0, 0)
+    if b - a > 8 and (b - a) % 8:
+        out[-1:] = [(a, b - (b - a) % 8), (b - (b - a) % 8, b)]
+    return out
+
+
 class _Side(NamedTuple):
     """One side of the search (queries or gallery), sorted by label."""
 
@@ -261,62 +291,58 @@ class _Side(NamedTuple):
     order: torch.Tensor  # sorted position -> original index
     labels: np.ndarray  # labels in sorted order (on the host: only compared, never computed with)
     sq: torch.Tensor  # float64 squared norms, sorted order
-    blocks: list[tuple[int, int]]
+    blocks: list[tuple[int, int]]  # the counting pass's ranges of sorted positions
 
-    def rows(self, a: int, b: int, dtype: torch.dtype, query: bool) -> torch.Tensor:
-        """Augmented rows of sorted positions a..b."""
-        return _augmented(self.x, self.order[a:b], self.sq[a:b], dtype, query)
+    def rows(self, a: int, b: int, dtype: torch.dtype, query: bool, out: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Augmented rows of sorted positions a..b (into `out` when given)."""
+        return _augmented(self.x, self.order[a:b], self.sq[a:b], dtype, query, out)
 
 
 def _side(x: torch.Tensor, labels: torch.Tensor, sq: torch.Tensor, block: int) -> _Side:
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order].cpu().numpy()
-    return _Side(x, order, sorted_labels, sq[order], _partition(sorted_labels, block))
+    return _Side(x, order, sorted_labels, sq[order], _tiles(len(sorted_labels), block))
 
 
 class _Augmented:
     """Augmented rows of both sides, in sorted order, by sorted position ranges. Whole sorted copies are made
-    once (gallery first) as far as `budget` bytes allow; otherwise rows are gathered range by range."""
+    once (gallery first) as far as `budget` bytes allow; otherwise rows are gathered range by range into one
+    buffer per side, valid until that side's next range is asked for."""
 
     def __init__(self, qs: _Side, gs: _Side, dtype: torch.dtype, budget: int):
         self.qs, self.gs, self.dtype = qs, gs, dtype
-        row_bytes = (qs.x.shape[1] + 2) * torch.finfo(dtype).bits // 8
+        row_bytes = _augmented_width(qs.x.shape[1]) * torch.finfo(dtype).bits // 8
         self.g_all = self.q_all = None
         if len(gs.order) * row_bytes <= budget:
             self.g_all = gs.rows(0, len(gs.order), dtype, query=False)
             budget -= len(gs.order) * row_bytes
         if len(qs.order) * row_bytes <= budget:
             self.q_all = qs.rows(0, len(qs.order), dtype, query=True)
+        self._buffers = {True: torch.empty(0, dtype=dtype), False: torch.empty(0, dtype=dtype)}
+
+    def _gathered(self, side: _Side, a: int, b: int, query: bool) -> torch.Tensor:
+        buffer = self._buffers[query]  # reused: a fresh block would cost a page fault per page
+        if len(buffer) < b - a:
+            buffer = self._buffers[query] = torch.empty(b - a, _augmented_width(side.x.shape[1]), dtype=self.dtype,
+                                                        device=side.x.device)
+        return side.rows(a, b, self.dtype, query, buffer[:b - a])
 
     def query(self, a: int, b: int) -> torch.Tensor:
-        return self.q_all[a:b] if self.q_all is not None else self.qs.rows(a, b, self.dtype, query=True)
+        return self.q_all[a:b] if self.q_all is not None else self._gathered(self.qs, a, b, query=True)
 
     def gallery(self, a: int, b: int) -> torch.Tensor:
-        return self.g_all[a:b] if self.g_all is not None else self.gs.rows(a, b, self.dtype, query=False)
+        return self.g_all[a:b] if self.g_all is not None else self._gathered(self.gs, a, b, query=False)
 
 
 class _Host:
     """The element-wise steps of the counting pass. On a CPU they run in NumPy, which compares and counts
-    faster than torch for these shapes, on a thread per direction (NumPy releases the GIL), and without
-    waiting on torch's other threads when the machine is busy. Elsewhere they stay in torch, on the device."""
+    faster than torch for these shapes; elsewhere they stay in torch, on the device."""
 
     def __init__(self, device: torch.device):
         self.numpy = device.type == "cpu"
         self.device = device
-        self._buffers: dict[str, np.ndarray] = {}  # reused: no fresh pages for every block
-        threads = min(2, torch.get_num_threads())
-        self._pool = ThreadPoolExecutor(threads) if self.numpy and threads > 1 else None
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def buffer(self, shape: tuple[int, int], name: str) -> np.ndarray:
-        """A (shape) bool array, carved from one flat buffer per name that grows when a block needs more."""
-        size = shape[0] * shape[1]
-        if name not in self._buffers or self._buffers[name].size < size:
-            self._buffers[name] = np.empty(size, bool)
-        return self._buffers[name][:size].reshape(shape)
+        self._hit = np.empty(0, bool)  # reused: no fresh pages for every block
 
     def same(self, row_labels: np.ndarray, col_labels: np.ndarray):
         same = row_labels[:, None] == col_labels[None, :]
@@ -330,44 +356,44 @@ class _Host:
         return block.masked_fill(~keep, math.inf).amin(1).double()
 
     def counts(self, block: torch.Tensor, bounds: list[tuple[torch.Tensor, torch.Tensor] | None], exclude=None):
-        """For dim 1 (rows) and dim 0 (columns), bounds[dim] = (low, high) thresholds per row or column, or None:
-        per row or column, (entries < low, entries <= high), leaving out those where `exclude` is True."""
-        if not self.numpy:
-            out = []
-            for dim in (1, 0):
-                if bounds[dim] is None:
-                    out.append(None)
-                    continue
-                shape = (-1, 1) if dim == 1 else (1, -1)
-                low, high = (t.view(shape) for t in bounds[dim])
-                hits = [block < low, block <= high]
-                if exclude is not None:
-                    hits = [h & ~exclude for h in hits]
-                out.append(tuple(h.sum(dim) for h in hits))
-            return out[1], out[0]  # (rows, columns)
-        b = block.numpy()
+        """For dim 1 (rows) and dim 0 (columns), bounds[dim] = (low, high) thresholds per row or column, or None.
+
+        Per row or column, leaving out the entries where `exclude` is True: (entries < low, entries <= high,
+        and the band between them as (its row or column, the entry's index along the other dimension)).
+        The entries at most the largest `high` are few (those ranked before some query's nearest match): they
+        are listed in one pass over the block, and only they are compared with each row's or column's bounds.
+        """
+        top = max(bound[1].max() for bound in bounds if bound is not None)
+        if self.numpy:
+            b = block.numpy()
+            if self._hit.size < b.size:
+                self._hit = np.empty(b.size, bool)
+            hit = self._hit[:b.size].reshape(b.shape)
+            np.less_equal(b, top.item(), out=hit)
+            if exclude is not None:
+                np.greater(hit, exclude, out=hit)  # hit and not exclude
+            flat = np.flatnonzero(hit)
+            (row, col), values = np.divmod(flat, b.shape[1]), b.ravel()[flat]
+            as_int64, bincount = (lambda a: torch.from_numpy(a.astype(np.int64))), np.bincount
+        else:
+            hit = block <= top
+            if exclude is not None:
+                hit &= ~exclude
+            row, col = hit.nonzero(as_tuple=True)
+            values, as_int64, bincount = block[row, col], (lambda a: a), torch.bincount
 
         def direction(dim):
             if bounds[dim] is None:
                 return None
-            low, high = (t.numpy() for t in bounds[dim])
-            hit = self.buffer(b.shape, str(dim))
-            np.less_equal(b, high.reshape((-1, 1) if dim == 1 else (1, -1)), out=hit)
-            if exclude is not None:
-                np.greater(hit, exclude, out=hit)  # hit and not exclude
-            # the entries at most `high` are few (those ranked before the query's nearest match): the ones
-            # also below `low` are picked out of their list
-            flat = np.flatnonzero(hit)
-            owner = flat // b.shape[1] if dim == 1 else flat % b.shape[1]  # the row or column of each entry
-            below = b.ravel()[flat] < low[owner]
-            n = b.shape[1 - dim]
-            sure, maybe = np.bincount(owner[below], minlength=n), np.bincount(owner, minlength=n)
-            return torch.from_numpy(sure.astype(np.int64)), torch.from_numpy(maybe.astype(np.int64))
+            owner, other = (row, col) if dim == 1 else (col, row)
+            low, high = (t.numpy() for t in bounds[dim]) if self.numpy else bounds[dim]
+            keep = values <= high[owner]
+            owner, other, below = owner[keep], other[keep], values[keep] < low[owner[keep]]
+            n = block.shape[1 - dim]
+            return (as_int64(bincount(owner[below], minlength=n)), as_int64(bincount(owner, minlength=n)),
+                    as_int64(owner[~below]), as_int64(other[~below]))
 
-        if self._pool is None or bounds[0] is None:
-            return direction(1), direction(0)
-        columns = self._pool.submit(direction, 0)
-        return direction(1), columns.result()
+        return direction(1), direction(0)
 
 
 def _nearest_match(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host, group: int, cols: int
@@ -389,9 +415,19 @@ def _nearest_match(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Hos
     return d_star.to(s.queries.device)
 
 
+
+class _Band(NamedTuple):
+    """The (query, gallery item) pairs, in sorted positions, whose float32 distance cannot tell whether the item
+    comes before the query's nearest match; None when there were more than _BAND_PAIRS."""
+
+    query: torch.Tensor
+    item: torch.Tensor
+
+
 def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host, low: torch.Tensor,
-                  high: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sorted query, other-class gallery items (sure, maybe) closer than its d*, given low <= d* <= high.
+                  high: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor, _Band | None]:
+    """Per sorted query, other-class gallery items (sure, maybe) closer than its d*, given low <= d* <= high,
+    and the band of items counted by maybe and not by sure.
 
     One pass over the blocks of the distance matrix, in leave-one-out over the upper triangle only (each block
     counted for its rows and, transposed, for its columns): `sure` counts the items whose computed distance is
@@ -401,15 +437,35 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
     device, dtype = s.gallery.device, aug.dtype
     sure = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
     maybe = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
-    g_block_sq = [gs.sq[a:b].max() for a, b in gs.blocks]
+    band: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+    # the error of a distance in a block is at most kappa * (its query's |q|^2 + the block's largest |g|^2)
+    g_block_sq = torch.stack([gs.sq[c:d].max() for c, d in gs.blocks])
     q_block_sq = [qs.sq[a:b].max() for a, b in qs.blocks]
 
     def bounds(rows: slice, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _rounded(low[rows] - err, dtype, down=True), _rounded(high[rows] + err, dtype, down=False)
 
+    band_size = 0
+
+    def add(counts, queries: int, items: int):
+        nonlocal band, band_size
+        sure[queries:queries + len(counts[0])] += counts[0]
+        maybe[queries:queries + len(counts[1])] += counts[1]
+        band_size += len(counts[2])
+        if band is not None and len(counts[2]):
+            if band_size <= _BAND_PAIRS:
+                band.append((counts[2] + queries, counts[3] + items))
+            else:
+                band = None  # too many to keep: the open queries will be recounted row by row
+
     buffer = torch.empty(0, dtype=dtype, device=device)  # one block's distances, reused
     for i, (a, b) in enumerate(qs.blocks):
         q_aug = aug.query(a, b)
+        # the thresholds of this block row's queries, for every gallery block j (row j) at once; in
+        # leave-one-out also those of the queries to its right, as seen from this block row's items
+        row_low, row_high = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[:, None]))
+        if s.leave_one_out:
+            col_low, col_high = bounds(slice(a, None), kappa * (gs.sq[a:] + q_block_sq[i]))
         for j, (c, d) in enumerate(gs.blocks):
             if s.leave_one_out and j < i:
                 continue  # the lower triangle is the upper one's transpose
@@ -419,23 +475,23 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
             torch.matmul(q_aug, aug.gallery(c, d).T, out=dist)
             overlap = qs.labels[a] <= gs.labels[d - 1] and gs.labels[c] <= qs.labels[b - 1]
             same = host.same(qs.labels[a:b], gs.labels[c:d]) if overlap else None  # (also the query itself)
-            # the error of a distance here is at most kappa * (its query's |q|^2 + the block's largest |g|^2)
-            row_bounds = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[j]))
             col_bounds = None
             if s.leave_one_out and j != i:  # the same block seen from its columns' queries
-                col_bounds = bounds(slice(c, d), kappa * (gs.sq[c:d] + q_block_sq[i]))
-            rows, columns = host.counts(dist, [col_bounds, row_bounds], same)
-            sure[a:b] += rows[0]
-            maybe[a:b] += rows[1]
+                col_bounds = col_low[c - a:d - a], col_high[c - a:d - a]
+            rows, columns = host.counts(dist, [col_bounds, (row_low[j], row_high[j])], same)
+            add(rows, a, c)
             if columns is not None:
-                sure[c:d] += columns[0]
-                maybe[c:d] += columns[1]
-    return sure, maybe
+                add(columns, c, a)  # in leave-one-out, sorted positions are the same on both sides
+    if band is not None:
+        band = _Band(*(torch.cat([p[k] for p in band]) if band else torch.empty(0, dtype=torch.int64, device=device)
+                       for k in (0, 1)))
+    return sure, maybe, band
 
 
 def _bounded_counts(s: _Search, chunk_size: int | None, q_sq: torch.Tensor, g_sq: torch.Tensor
-                    ) -> tuple[_Side, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 1 and 2 of `_first_match_ranks`: (sorted queries, has_match, sure, maybe) in sorted order."""
+                    ) -> tuple[_Side, _Side, torch.Tensor, torch.Tensor, torch.Tensor, _Band | None]:
+    """Steps 1 and 2 of `_first_match_ranks`: (sorted queries, sorted gallery, has_match, sure, maybe, band),
+    per query in sorted order."""
     device = s.gallery.device
     dtype = _fast_dtype(device, max(q_sq.max().item(), g_sq.max().item()))
     kappa = _error_factor(s.gallery.shape[1], dtype)
@@ -444,23 +500,62 @@ def _bounded_counts(s: _Search, chunk_size: int | None, q_sq: torch.Tensor, g_sq
     gs = qs if s.leave_one_out else _side(s.gallery, s.gallery_labels, g_sq, block)
     aug = _Augmented(qs, gs, dtype, _COPY_BYTES)
     host = _Host(device)
-    try:
-        # 1. d*, the nearest same-class distance, computed in `dtype`; the exact one lies within d_err of it,
-        #    d_err bounded by the largest squared norm among the query's same-class gallery items
-        group = min(chunk_size or _MATCH_GROUP, _MATCH_GROUP)
-        d_star = _nearest_match(s, qs, gs, aug, host, group, max(group, block))
-        classes, first = np.unique(gs.labels, return_index=True)
-        class_sq = torch.from_numpy(np.maximum.reduceat(gs.sq.cpu().numpy(), first)).to(device)
-        at = torch.from_numpy(np.searchsorted(classes, qs.labels).clip(max=len(classes) - 1)).to(device)
-        has_match = torch.isfinite(d_star)
-        d_err = kappa * (qs.sq + class_sq[at])
-        low = torch.where(has_match, d_star - d_err, -math.inf)  # the exact d* lies in [low, high]
-        high = torch.where(has_match, d_star + d_err, -math.inf)  # (no match: count nothing)
-        # 2. items surely and possibly closer than d*, in one pass
-        sure, maybe = _count_closer(s, qs, gs, aug, host, low, high, kappa)
-    finally:
-        host.close()
-    return qs, has_match, sure, maybe
+    # 1. d*, the nearest same-class distance, computed in `dtype`; the exact one lies within d_err of it,
+    #    d_err bounded by the largest squared norm among the query's same-class gallery items
+    group = min(chunk_size or _MATCH_GROUP, _MATCH_GROUP)
+    d_star = _nearest_match(s, qs, gs, aug, host, group, max(group, block))
+    classes, first = np.unique(gs.labels, return_index=True)
+    class_sq = torch.from_numpy(np.maximum.reduceat(gs.sq.cpu().numpy(), first)).to(device)
+    at = torch.from_numpy(np.searchsorted(classes, qs.labels).clip(max=len(classes) - 1)).to(device)
+    has_match = torch.isfinite(d_star)
+    d_err = kappa * (qs.sq + class_sq[at])
+    low = torch.where(has_match, d_star - d_err, -math.inf)  # the exact d* lies in [low, high]
+    high = torch.where(has_match, d_star + d_err, -math.inf)  # (no match: count nothing)
+    # 2. items surely and possibly closer than d*, in one pass
+    sure, maybe, band = _count_closer(s, qs, gs, aug, host, low, high, kappa)
+    return qs, gs, has_match, sure, maybe, band
+
+
+def _pair_distances(s: _Search, qs: _Side, gs: _Side, queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """float64 squared distances of (sorted query, sorted gallery item) pairs, as `_blocks` computes them."""
+    out = torch.empty(len(queries), dtype=torch.float64, device=s.gallery.device)
+    pairs = max(1, _EXACT_BYTES // (16 * s.gallery.shape[1]))
+    for start in range(0, len(queries), pairs):
+        q, g = queries[start:start + pairs], items[start:start + pairs]
+        dot = torch.einsum("ij,ij->i", s.queries[qs.order[q]].double(), s.gallery[gs.order[g]].double())
+        out[start:start + len(q)] = (qs.sq[q] + gs.sq[g] - 2 * dot).clamp_(min=0)
+    return out
+
+
+def _band_ranks(s: _Search, qs: _Side, gs: _Side, positions: torch.Tensor, sure: torch.Tensor, band: _Band
+                ) -> torch.Tensor:
+    """`_exact_ranks` of the sorted queries at `positions`, from their sure counts and their band.
+
+    Each query's nearest match (d*, i*) is found in float64 among its same-class items; a band item comes before
+    it when closer, or as close with a lower index. Items outside the band are surely before (counted by sure)
+    or surely after it.
+    """
+    device, n = s.gallery.device, len(positions)
+    at = positions.cpu().numpy()
+    first = np.searchsorted(gs.labels, qs.labels[at], "left")  # each query's same-class items, sorted positions
+    count = np.searchsorted(gs.labels, qs.labels[at], "right") - first
+    owner = np.repeat(np.arange(n), count)
+    item = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + np.repeat(first, count)
+    if s.leave_one_out:  # not the query itself
+        owner, item = owner[item != at[owner]], item[item != at[owner]]
+    owner, item = torch.from_numpy(owner).to(device), torch.from_numpy(item).to(device)
+    dist, index = _pair_distances(s, qs, gs, positions[owner], item), gs.order[item]
+    d_star = torch.full((n,), math.inf, dtype=torch.float64, device=device).scatter_reduce_(0, owner, dist, "amin")
+    nearest = dist == d_star[owner]
+    i_star = torch.full((n,), len(s.gallery), device=device).scatter_reduce_(0, owner[nearest], index[nearest], "amin")
+    slot = torch.full((len(s.queries),), -1, device=device)
+    slot[positions] = torch.arange(n, device=device)
+    mine = slot[band.query] >= 0
+    owner, item = slot[band.query[mine]], band.item[mine]
+    dist, index = _pair_distances(s, qs, gs, band.query[mine], item), gs.order[item]
+    before = (dist < d_star[owner]) | ((dist == d_star[owner]) & (index < i_star[owner]))
+    return (sure[positions] + torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, owner, before.long())
+            ).double()
 
 
 def _first_match_ranks(s: _Search, chunk_size: int | None, ks: list[int]) -> torch.Tensor:
@@ -471,16 +566,19 @@ def _first_match_ranks(s: _Search, chunk_size: int | None, ks: list[int]) -> tor
     """
     q_sq = _sq_norms(s.queries)
     g_sq = q_sq if s.leave_one_out else _sq_norms(s.gallery)
-    qs, has_match, sure, maybe = _bounded_counts(s, chunk_size, q_sq, g_sq)
-    # 3. float64 ranks where the two counts leave a K open
+    qs, gs, has_match, sure, maybe, band = _bounded_counts(s, chunk_size, q_sq, g_sq)
+    # 3. float64 ranks where the two counts leave a K open: from the band, or (band too large) whole rows
     ranks = sure.double().masked_fill_(~has_match, math.inf)
     undecided = torch.zeros_like(has_match)
     for k in ks:
         undecided |= has_match & (sure < k) & (maybe >= k)
     if undecided.any():
         positions = undecided.nonzero()[:, 0]
-        rows = max(1, _EXACT_BYTES // (8 * len(s.gallery)))  # a few float64 (rows, gallery) blocks at a time
-        ranks[positions] = _exact_ranks(s, rows, qs.order[positions], g_sq)
+        if band is not None:
+            ranks[positions] = _band_ranks(s, qs, gs, positions, sure, band)
+        else:
+            rows = max(1, _EXACT_BYTES // (8 * len(s.gallery)))  # a few float64 (rows, gallery) blocks at a time
+            ranks[positions] = _exact_ranks(s, rows, qs.order[positions], g_sq)
     out = torch.empty_like(ranks)
     out[qs.order] = ranks
     return out

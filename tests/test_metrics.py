@@ -216,9 +216,45 @@ FAST_DATA = [continuous(20, dim=8), lattice(21, n=120), near_ties(22), near_ties
 FAST_IDS = ["gauss", "lattice", "near-ties", "near-ties-64d", "mixed-norms"]
 
 
+class TorchHost(metrics._Host):
+    """The counting pass's element-wise steps as they run on a GPU (in torch), here on the CPU."""
+
+    def __init__(self, device):
+        super().__init__(device)
+        self.numpy = False
+
+
+@pytest.fixture(params=["band", "whole-rows", "torch-host", "gathered-rows"])
+def recount(request, monkeypatch):
+    """How the float32 pass runs and recounts the queries it leaves open: from the band of pairs it kept
+    (the default), from whole rows in float64 (the band was too large to keep), with the element-wise
+    steps in torch, or with augmented rows gathered block by block (no room for whole copies). Yields the
+    list of how many queries each recount took."""
+    calls = []
+    if request.param == "gathered-rows":
+        monkeypatch.setattr(metrics, "_COPY_BYTES", 0)
+    if request.param == "whole-rows":
+        monkeypatch.setattr(metrics, "_BAND_PAIRS", 0)
+        spied = "_exact_ranks"
+    else:
+        spied = "_band_ranks"
+    if request.param == "torch-host":
+        monkeypatch.setattr(metrics, "_Host", TorchHost)
+    real = getattr(metrics, spied)
+
+    def spy(s, *args):
+        queries = args[2] if spied == "_band_ranks" else args[1] if len(args) > 1 else None  # None: every query
+        if queries is not None:
+            calls.append(len(queries))
+        return real(s, *args)
+
+    monkeypatch.setattr(metrics, spied, spy)
+    return calls
+
+
 @pytest.mark.parametrize("x, y", FAST_DATA, ids=FAST_IDS)
 @pytest.mark.parametrize("query_gallery", [False, True], ids=["leave-one-out", "query-gallery"])
-def test_fast_ranks_decide_every_k_as_float64(x, y, query_gallery):
+def test_fast_ranks_decide_every_k_as_float64(x, y, query_gallery, recount):
     s = metrics._search(*(split(x, y, len(x) // 3) if query_gallery else (x, y, None, None)))
     exact = metrics._exact_ranks(s, 64)
     small = len(x) <= 120
@@ -230,6 +266,30 @@ def test_fast_ranks_decide_every_k_as_float64(x, y, query_gallery):
             fast = metrics._first_match_ranks(s, chunk, list(ks))
             for k in ks:
                 assert torch.equal(fast < k, exact < k), (chunk, ks, k)
+    if x is FAST_DATA[2][0]:  # near ties: float32 leaves some queries open, so the recount above was exercised
+        assert sum(recount) > 0
+
+
+def test_tiles_cover_the_range_with_widths_in_multiples_of_8():
+    assert metrics._tiles(0, 16) == []
+    assert metrics._tiles(5, 16) == [(0, 5)]
+    assert metrics._tiles(16, 16) == [(0, 16)]
+    assert metrics._tiles(45, 16) == [(0, 16), (16, 32), (32, 40), (40, 45)]
+    assert metrics._tiles(41, 16) == [(0, 16), (16, 32), (32, 40), (40, 41)]
+    assert metrics._tiles(20, 50) == [(0, 16), (16, 20)]
+    tiles = metrics._tiles(60502, 2048)
+    assert tiles[0] == (0, 2048) and tiles[-1][1] == 60502 and all(a[1] == b[0] for a, b in zip(tiles, tiles[1:]))
+    assert all((b - a) % 8 == 0 for a, b in tiles[:-1]) and tiles[-1][1] - tiles[-1][0] < 8
+
+
+def test_squared_norms_are_exact_float64_sums():
+    rng = np.random.default_rng(26)  # multiples of 1/64 below 16: every partial sum is exact in float64
+    x = torch.from_numpy((rng.integers(-1000, 1000, size=(70, 40)) / 64).astype(np.float32))
+    for rows_bytes in (metrics._EXACT_BYTES, 2 * 8 * 40 * 3):  # one slice, and slices of 3 rows
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(metrics, "_EXACT_BYTES", rows_bytes)
+            got = metrics._sq_norms(x)
+        assert torch.equal(got, torch.tensor([math.fsum(float(v) ** 2 for v in row) for row in x], dtype=torch.float64))
 
 
 def test_fast_ranks_in_float64_when_float32_products_are_not_ieee():
