@@ -528,7 +528,7 @@ def summary(report: dict) -> list[str]:
     for r in report.get("retrieval", []):
         took = {k: f"{r[k]['seconds']:.1f} s (+{r[k]['peak_rss_delta_mb']:.0f} MB)" for k in ("ours", "faiss", "pml")}
         lines.append(f"retrieval {r['n']} x {r['dim']}: ours {took['ours']}, faiss search {took['faiss']}, "
-                     f"PML {took['pml']}: ours/faiss {r['ratio_vs_faiss']:.2f}, PML/ours {r['speedup_vs_pml']:.1f}x")
+                     f"PML {took['pml']}: ours/faiss {r['ratio_vs_faiss']:.2f}, PML/ours {r['speedup_vs_pml']:.2f}x")
     if "loss" in report:
         r = report["loss"]
         lines.append(f"loss {r['batch']} x {r['dim']} x {r['proxies']}: ours {r['ours']['seconds'] * 1e3:.0f} ms, "
@@ -554,7 +554,7 @@ def markdown(report: dict) -> str:
             floor = (f"{r['matmul_floor']['seconds']:.1f} s ({r['floor_vs_faiss']:.2f} x faiss) | {r['ratio_vs_floor']:.2f}"
                      if "matmul_floor" in r else "not measured | ")
             out.append(f"| {r['n']:,} x {r['dim']:,} ({r['classes']:,} classes) | {cell['ours']} | {cell['faiss']} | "
-                       f"{cell['pml']} | {r['ratio_vs_faiss']:.2f} | {r['speedup_vs_pml']:.1f}x | {equal} | {floor} |")
+                       f"{cell['pml']} | {r['ratio_vs_faiss']:.2f} | {r['speedup_vs_pml']:.2f}x | {equal} | {floor} |")
         recalls = ", ".join(f"{r['dim']} d: " + " / ".join(f"{100 * v:.1f}" for v in r["ours"]["recall"].values())
                             for r in report["retrieval"])
         out += ["", f"Recall@1 / 10 / 100 / 1000 of the test data (%): {recalls}."]
