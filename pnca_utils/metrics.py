@@ -284,6 +284,32 @@ def _tiles(n: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _schedule(q_blocks: list[tuple[int, int]], g_blocks: list[tuple[int, int]], leave_one_out: bool
+              ) -> Iterator[tuple[int, int, tuple[int, int], tuple[int, int], bool]]:
+    """The distance blocks of the counting pass, row of blocks by row of blocks: (i, j, rows, columns, both),
+    rows and columns being [start, end) ranges of sorted positions inside query block i and gallery block j,
+    and `both` whether the block is counted for its columns' queries too.
+
+    In leave-one-out, distances are symmetric and only blocks j >= i are computed; those off the diagonal are
+    counted both ways. A diagonal block holds both orders of each of its pairs, so it is split in halves and
+    only its upper three quarters are computed: the two squares on its diagonal, counted by rows, and the
+    square between them, counted both ways.
+    """
+    for i, (a, b) in enumerate(q_blocks):
+        for j, (c, d) in enumerate(g_blocks):
+            if not leave_one_out:
+                yield i, j, (a, b), (c, d), False
+            elif j > i:
+                yield i, j, (a, b), (c, d), True
+            elif j == i:
+                h = a + (b - a) // 16 * 8  # a multiple of 8 items above the split
+                if h == a:
+                    yield i, j, (a, b), (a, b), False
+                else:
+                    yield from ((i, j, (a, h), (a, h), False), (i, j, (a, h), (h, b), True),
+                                (i, j, (h, b), (h, b), False))
+
+
 class _Side(NamedTuple):
     """One side of the search (queries or gallery), sorted by label."""
 
@@ -429,16 +455,17 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
     """Per sorted query, other-class gallery items (sure, maybe) closer than its d*, given low <= d* <= high,
     and the band of items counted by maybe and not by sure.
 
-    One pass over the blocks of the distance matrix, in leave-one-out over the upper triangle only (each block
-    counted for its rows and, transposed, for its columns): `sure` counts the items whose computed distance is
-    below low - err, so surely closer; `maybe` those at most high + err, so possibly closer or at d*, where
-    err bounds the error of the block's distances.
+    One pass over the blocks of the distance matrix that `_schedule` lists (in leave-one-out the upper triangle
+    only, blocks counted for their rows and, transposed, for their columns): `sure` counts the items whose
+    computed distance is below low - err, so surely closer; `maybe` those at most high + err, so possibly
+    closer or at d*, where err bounds the error of the block's distances.
     """
     device, dtype = s.gallery.device, aug.dtype
     sure = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
     maybe = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
     band: list[tuple[torch.Tensor, torch.Tensor]] | None = []
-    # the error of a distance in a block is at most kappa * (its query's |q|^2 + the block's largest |g|^2)
+    # the error of a distance in block (i, j), or in a part of it, is at most kappa * (its query's |q|^2 + the
+    # largest |g|^2 of gallery block j); seen from its item's side, kappa * (its |g|^2 + query block i's largest)
     g_block_sq = torch.stack([gs.sq[c:d].max() for c, d in gs.blocks])
     q_block_sq = [qs.sq[a:b].max() for a, b in qs.blocks]
 
@@ -459,29 +486,29 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
                 band = None  # too many to keep: the open queries will be recounted row by row
 
     buffer = torch.empty(0, dtype=dtype, device=device)  # one block's distances, reused
-    for i, (a, b) in enumerate(qs.blocks):
-        q_aug = aug.query(a, b)
-        # the thresholds of this block row's queries, for every gallery block j (row j) at once; in
-        # leave-one-out also those of the queries to its right, as seen from this block row's items
-        row_low, row_high = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[:, None]))
-        if s.leave_one_out:
-            col_low, col_high = bounds(slice(a, None), kappa * (gs.sq[a:] + q_block_sq[i]))
-        for j, (c, d) in enumerate(gs.blocks):
-            if s.leave_one_out and j < i:
-                continue  # the lower triangle is the upper one's transpose
-            if buffer.numel() < (b - a) * (d - c):
-                buffer = torch.empty((b - a) * (d - c), dtype=dtype, device=device)
-            dist = buffer[:(b - a) * (d - c)].view(b - a, d - c)
-            torch.matmul(q_aug, aug.gallery(c, d).T, out=dist)
-            overlap = qs.labels[a] <= gs.labels[d - 1] and gs.labels[c] <= qs.labels[b - 1]
-            same = host.same(qs.labels[a:b], gs.labels[c:d]) if overlap else None  # (also the query itself)
-            col_bounds = None
-            if s.leave_one_out and j != i:  # the same block seen from its columns' queries
-                col_bounds = col_low[c - a:d - a], col_high[c - a:d - a]
-            rows, columns = host.counts(dist, [col_bounds, (row_low[j], row_high[j])], same)
-            add(rows, a, c)
-            if columns is not None:
-                add(columns, c, a)  # in leave-one-out, sorted positions are the same on both sides
+    row_of_blocks = None
+    for i, j, (r0, r1), (c0, c1), both in _schedule(qs.blocks, gs.blocks, s.leave_one_out):
+        if i != row_of_blocks:
+            row_of_blocks, (a, b) = i, qs.blocks[i]
+            q_aug = aug.query(a, b)
+            # the thresholds of this block row's queries, for every gallery block j (row j) at once; in
+            # leave-one-out also those of the queries to its right, as seen from this block row's items
+            row_low, row_high = bounds(slice(a, b), kappa * (qs.sq[a:b] + g_block_sq[:, None]))
+            if s.leave_one_out:
+                col_low, col_high = bounds(slice(a, None), kappa * (gs.sq[a:] + q_block_sq[i]))
+        size = (r1 - r0) * (c1 - c0)
+        if buffer.numel() < size:
+            buffer = torch.empty(size, dtype=dtype, device=device)
+        dist = buffer[:size].view(r1 - r0, c1 - c0)
+        torch.matmul(q_aug[r0 - a:r1 - a], aug.gallery(c0, c1).T, out=dist)
+        overlap = qs.labels[r0] <= gs.labels[c1 - 1] and gs.labels[c0] <= qs.labels[r1 - 1]
+        same = host.same(qs.labels[r0:r1], gs.labels[c0:c1]) if overlap else None  # (also the query itself)
+        col_bounds = (col_low[c0 - a:c1 - a], col_high[c0 - a:c1 - a]) if both else None
+        rows, columns = host.counts(dist, [col_bounds, (row_low[j, r0 - a:r1 - a], row_high[j, r0 - a:r1 - a])],
+                                    same)
+        add(rows, r0, c0)
+        if columns is not None:
+            add(columns, c0, r0)  # in leave-one-out, sorted positions are the same on both sides
     if band is not None:
         band = _Band(*(torch.cat([p[k] for p in band]) if band else torch.empty(0, dtype=torch.int64, device=device)
                        for k in (0, 1)))

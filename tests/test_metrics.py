@@ -282,6 +282,29 @@ def test_tiles_cover_the_range_with_widths_in_multiples_of_8():
     assert all((b - a) % 8 == 0 for a, b in tiles[:-1]) and tiles[-1][1] - tiles[-1][0] < 8
 
 
+@pytest.mark.parametrize("n, size", [(1, 8), (15, 16), (16, 16), (40, 16), (45, 16), (60, 50), (100, 24)])
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_schedule_counts_every_ordered_pair_once(n, size, leave_one_out):
+    """Each (query, item) pair is counted once: for the query's row of a block, or for its column when the
+    block is counted both ways (the same pair seen from the item's side in leave-one-out)."""
+    q_tiles = metrics._tiles(n, size)
+    g_tiles = q_tiles if leave_one_out else metrics._tiles(n + 7, size)
+    counted = np.zeros((n, n if leave_one_out else n + 7), int)
+    computed = 0
+    for i, j, (r0, r1), (c0, c1), both in metrics._schedule(q_tiles, g_tiles, leave_one_out):
+        assert q_tiles[i][0] <= r0 < r1 <= q_tiles[i][1] and g_tiles[j][0] <= c0 < c1 <= g_tiles[j][1]
+        computed += (r1 - r0) * (c1 - c0)
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                counted[r, c] += 1
+                if both:
+                    counted[c, r] += 1
+        assert not both or leave_one_out
+    assert (counted == 1).all()
+    if leave_one_out and size >= 16 and n >= 16:  # diagonal blocks are split: less than the whole square
+        assert computed < sum((b - a) * (n - a) for a, b in q_tiles)
+
+
 def test_squared_norms_are_exact_float64_sums():
     rng = np.random.default_rng(26)  # multiples of 1/64 below 16: every partial sum is exact in float64
     x = torch.from_numpy((rng.integers(-1000, 1000, size=(70, 40)) / 64).astype(np.float32))
