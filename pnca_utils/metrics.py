@@ -441,10 +441,9 @@ def _nearest_match(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Hos
     return d_star.to(s.queries.device)
 
 
-
 class _Band(NamedTuple):
     """The (query, gallery item) pairs, in sorted positions, whose float32 distance cannot tell whether the item
-    comes before the query's nearest match; None when there were more than _BAND_PAIRS."""
+    comes before the query's nearest match (the counting pass gives None instead beyond _BAND_PAIRS pairs)."""
 
     query: torch.Tensor
     item: torch.Tensor
