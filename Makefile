@@ -4,13 +4,15 @@
 #   make test                         run all tests (the book's chapters included)
 #   make notebooks                    plain notebooks (no outputs) in build/notebooks/ for Jupyter
 #   make site                         HTML of the executed chapters in build/site/ (after make book)
-#   make tune                         re-run the learning-rate search behind config.CALIBRATED
-#   make reproduce                    the seeded ablation grid on the embedded set into results/embedded/
+#   make tune [JOBS=N]                re-run the learning-rate search behind config.CALIBRATED
+#   make reproduce [JOBS=N]           the seeded ablation grid on the embedded set into results/embedded/
+#                                     (JOBS: runs trained at once, one CPU thread each)
 #   make bench                        benchmarks against faiss and pytorch-metric-learning
 #   make clean / make distclean       remove build/ / build/ and .venv
 
 PYTHON ?= python3
 SIZE ?= default
+JOBS ?= 1
 VENV := .venv
 PY := $(VENV)/bin/python
 BUILD := build
@@ -47,21 +49,21 @@ site: setup
 
 # Learning rates for the embedded set, chosen on held-out training classes (never the test classes).
 tune: setup
-	$(PY) -m pnca_utils tune --preset proxynca++ --size default --epochs 4 --quiet \
+	$(PY) -m pnca_utils tune --preset proxynca++ --size default --epochs 4 --quiet --jobs $(JOBS) \
 	  --grid lr=4e-3,2e-2,1e-1 --grid proxy_lr=4e2,4e3 --out results/tuning/proxynca++
-	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --quiet \
+	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --quiet --jobs $(JOBS) \
 	  --grid lr=4e-3,1e-2,2e-2 --out results/tuning/proxynca
-	$(PY) -m pnca_utils tune --preset triplet --size default --epochs 4 --quiet \
+	$(PY) -m pnca_utils tune --preset triplet --size default --epochs 4 --quiet --jobs $(JOBS) \
 	  --grid lr=4e-3,2e-2,1e-1 --out results/tuning/triplet
-	$(PY) -m pnca_utils tune --preset npair --size default --epochs 4 --quiet \
+	$(PY) -m pnca_utils tune --preset npair --size default --epochs 4 --quiet --jobs $(JOBS) \
 	  --grid lr=4e-3,2e-2,1e-1 --out results/tuning/npair
 
 # The ProxyNCA++ ablations and the HDML comparison, 3 seeds at default size; runs are cached in
 # build/runs (shared with make book) and the tables are written to results/embedded/.
 reproduce: setup
-	$(PY) -m pnca_utils ablate --grid proxynca++ --dataset embedded --size default --seeds 3 \
+	$(PY) -m pnca_utils ablate --grid proxynca++ --dataset embedded --size default --seeds 3 --jobs $(JOBS) \
 	  --runs $(BUILD)/runs --out results/embedded
-	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size default --seeds 3 \
+	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size default --seeds 3 --jobs $(JOBS) \
 	  --runs $(BUILD)/runs --out results/embedded/hdml
 
 bench: setup

@@ -173,7 +173,8 @@ summary = ablation.summarize(grid_runs, variants)
 print(f"source: {source}; size {meta.get('size', '?')}, seeds per variant: "
       f"{int(summary['n'].min())}–{int(summary['n'].max())}, runs: {len(grid_runs)}")
 if "machine" in meta:
-    print(f"measured on {meta['machine']['cpus']} CPU(s), torch {meta['machine']['torch']}; "
+    torch_version = meta.get("versions", meta["machine"])["torch"]  # grids before provenance.py: in "machine"
+    print(f"measured on {meta['machine']['cpus']} CPU(s), torch {torch_version}; "
           f"{meta['run_seconds'] / 60:.0f} min of run time in all")
 display(Markdown(ablation.to_markdown(summary)))
 

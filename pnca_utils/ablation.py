@@ -7,18 +7,17 @@ variant for every seed (runs are cached by config, and an interrupted grid resum
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from tqdm.auto import tqdm
 
 from . import paper
 from .config import Config, ConfigError, make_config
-from .runs import cached_fit, run_key
+from .parallel import RunsFailed, Task, execute
+from .runs import run_key
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results" / "embedded"  # where `make reproduce` writes
 PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
@@ -145,58 +144,60 @@ def select(variants: list[Variant], names: list[str] | None) -> list[Variant]:
 
 
 def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, runs_root: str | Path | None = None,
-             data=None, progress: bool = True, **fixed) -> pd.DataFrame:
+             data=None, progress: bool = True, jobs: int = 1, scheduler: str | None = None, **fixed) -> pd.DataFrame:
     """Train every variant for seeds 0..seeds-1; rows go to `out/runs.csv` as runs finish.
 
     Runs already in runs.csv (same config) are skipped, so an interrupted grid resumes; runs
     live in `runs_root` (default `out/runs`), where a finished run is reloaded, not retrained.
-    `fixed` config values apply to every run. Returns runs.csv as a DataFrame.
+    `fixed` config values apply to every run. `jobs` local processes, or the Dask scheduler at
+    `scheduler`, train the runs (see `pnca_utils.parallel`); the rows are the same either way.
+    A failed run is reported and the grid carries on; at the end `RunsFailed` lists the
+    failures (runs.csv keeps the rest). Returns runs.csv as a DataFrame.
     """
     if seeds < 1:
         raise ConfigError(f"seeds must be at least 1, got {seeds}")
     if "eval_every" not in fixed:  # only the final evaluation: the grid reports final metrics
         fixed["eval_every"] = max(v.config(size, 0, **fixed).epochs for v in variants)
     # seed by seed, so that an interrupted grid already has whole seeds; every config validated first
-    jobs = [(v, seed, v.config(size, seed, **fixed)) for seed in range(seeds) for v in variants]
+    jobs_list = [(v, seed, v.config(size, seed, **fixed)) for seed in range(seeds) for v in variants]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "runs.csv"
     rows = pd.read_csv(table).to_dict("records") if table.exists() else []
     done = {r["key"] for r in rows}
     root = Path(runs_root) if runs_root is not None else out / "runs"
-    todo = [job for job in jobs if run_key(job[2]) not in done]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="ablation grid", disable=not progress)
-    for variant, seed, config in todo:
-        bar.set_postfix_str(f"{variant.name}, seed {seed}")
-        started = time.perf_counter()
-        result = cached_fit(config, data, root=root, progress=False)
-        rows.append({"variant": variant.name, "kind": variant.kind, "seed": seed, **result.metrics,
-                     "train_seconds": round(sum(e["seconds"] for e in result.history["epochs"]), 2),
-                     "seconds": round(time.perf_counter() - started, 2), "key": run_key(config)})
+    todo = {run_key(config): (variant, seed) for variant, seed, config in jobs_list if run_key(config) not in done}
+    tasks = [Task(f"{variant.name}, seed {seed}", config) for variant, seed, config in jobs_list
+             if run_key(config) in todo]
+
+    def record(task: Task, outcome: dict) -> None:
+        variant, seed = todo[run_key(task.config)]
+        rows.append({"variant": variant.name, "kind": variant.kind, "seed": seed, **outcome["metrics"],
+                     "train_seconds": outcome["train_seconds"], "seconds": outcome["seconds"],
+                     "key": run_key(task.config)})
         tmp = table.with_name(table.name + ".tmp")
         pd.DataFrame(rows).to_csv(tmp, index=False)
         tmp.replace(table)
-        bar.update()
-    bar.close()
-    keys = {run_key(config) for _, _, config in jobs}
-    finished = [r for r in rows if r["key"] in keys]
-    _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in jobs), fixed, finished)
+
+    failures = execute(tasks, root, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
+                       desc="ablation grid", done_before=len(jobs_list) - len(tasks))
+    keys = {run_key(config) for _, _, config in jobs_list}
+    order = {run_key(config): i for i, (_, _, config) in enumerate(jobs_list)}
+    finished = sorted((r for r in rows if r["key"] in keys), key=lambda r: order[r["key"]])
+    if failures:
+        raise RunsFailed(failures, len(jobs_list))
+    _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in jobs_list), fixed, finished, jobs)
     return pd.DataFrame(finished)
 
 
-def _write_meta(path: Path, size: str, seeds: int, epochs: int, fixed: dict, rows: list[dict]) -> None:
-    """What the grid ran, and on what: size, seeds, epochs, fixed values, summed run time, machine and versions."""
+def _write_meta(path: Path, size: str, seeds: int, epochs: int, fixed: dict, rows: list[dict], jobs: int) -> None:
+    """What the grid ran, and on what: size, seeds, epochs, fixed values, summed run time, commit, versions, machine."""
     import json
-    import os
-    import platform
 
-    import torch
+    from .provenance import record
 
     meta = {"size": size, "seeds": seeds, "epochs": epochs, "fixed": fixed, "runs": len(rows),
-            "run_seconds": round(sum(r["seconds"] for r in rows), 1),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()}}
+            "run_seconds": round(sum(r["seconds"] for r in rows), 1), "jobs": jobs, **record()}
     path.write_text(json.dumps(meta, indent=2))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import DATASETS, METHOD_PRESETS, SIZE_PRESETS, Config, ConfigError, make_config, parse_overrides
 from .data import DataError, load_data
+from .parallel import SCHEDULER_ENV, RunsFailed
 from .training import TrainingError
 
 
@@ -39,6 +40,17 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
+def _grid_options(p: argparse.ArgumentParser) -> None:
+    """Where a grid's runs train: local processes or a Dask scheduler (see pnca_utils.parallel)."""
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs at once in local processes (each on --threads threads)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="send the runs to a running Dask scheduler, e.g. tcp://10.0.0.1:8786 "
+                        f"(default: ${SCHEDULER_ENV} if set); workers need the data and the runs folder")
+    p.add_argument("--threads", type=int, help="CPU threads per run (default 1: the config's); "
+                                               "a CPU run's numbers depend on it")
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m pnca_utils", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -51,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                       help="values to try for a config field (repeatable; the grid is their product)")
     tune.add_argument("--seeds", type=int, default=1, help="seeds per grid point (0, 1, ...)")
+    _grid_options(tune)
     ablate = sub.add_parser("ablate", help="seeded ablation grid; writes runs.csv, ablation.csv, ablation.md")
     _common(ablate)
     ablate.add_argument("--grid", default="proxynca++", help="proxynca++ (the paper's ablations) or hdml")
@@ -60,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     ablate.add_argument("--runs", help="folder of the cached runs (default: OUT/runs)")
     ablate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field of every run")
     ablate.add_argument("--epochs", type=int)
+    _grid_options(ablate)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint and write metrics.json")
     _common(ev)
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
@@ -68,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _overrides(args) -> dict:
     overrides = parse_overrides(args.set)
-    for key in ("epochs", "seed", "device", "dataset", "data_root"):
+    for key in ("epochs", "seed", "device", "dataset", "data_root", "threads"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if getattr(args, "skip_bad_images", False):
@@ -96,7 +110,7 @@ def _tune(args) -> dict:
     from .tuning import grid_search, parse_grid, to_markdown
 
     summary = grid_search(args.preset, args.size, parse_grid(args.grid), args.seeds, out=args.out,
-                          progress=not args.quiet, **_overrides(args))
+                          progress=not args.quiet, jobs=args.jobs, scheduler=args.scheduler, **_overrides(args))
     (Path(args.out) / "summary.md").write_text(to_markdown(summary))
     best = summary.iloc[0]
     return {"best val R@1": float(best["mean"])}
@@ -106,7 +120,8 @@ def _ablate(args) -> dict:
     from .ablation import grid, run_grid, select, write_summary
 
     variants = select(grid(args.grid, args.dataset or "embedded"), args.variant)
-    runs = run_grid(variants, args.size, args.seeds, args.out, args.runs, progress=not args.quiet, **_overrides(args))
+    runs = run_grid(variants, args.size, args.seeds, args.out, args.runs, progress=not args.quiet,
+                    jobs=args.jobs, scheduler=args.scheduler, **_overrides(args))
     summary = write_summary(runs, variants, args.out)
     return {f"{row['variant']} R@1": row["R@1 mean"] for _, row in summary.iterrows()}
 
@@ -158,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     created = _missing_folders(Path(args.out).absolute())
     try:
         metrics = {"train": _train, "evaluate": _evaluate, "tune": _tune, "ablate": _ablate}[args.command](args)
-    except (ConfigError, DataError, TrainingError, OSError, KeyboardInterrupt) as err:
+    except (ConfigError, DataError, TrainingError, RunsFailed, OSError, KeyboardInterrupt) as err:
         for folder in created:  # folders this command made and left empty (files written are kept)
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -166,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             kept = KEPT[args.command].format(out=Path(args.out).as_posix())
             print(f"error: interrupted; {kept}: run the same command again to go on", file=sys.stderr)
             return 130
+        if isinstance(err, RunsFailed):  # the others finished: one line per failed run, then exit 1
+            print(f"error: {len(err.failures)} run(s) failed; the others are recorded, and running the same "
+                  "command again retries only the failed ones:", file=sys.stderr)
+            for failure in err.failures:
+                print(f"  {failure}", file=sys.stderr)
+            return 1
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)  # one line
         return 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports

@@ -72,6 +72,7 @@ class Config:
     eval_every: int = 1
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = 1  # CPU threads of this run (None: torch's default); a CPU run's numbers depend on it
     num_workers: int = 0
     amp: bool = False  # mixed precision on CUDA
 
@@ -105,6 +106,9 @@ class Config:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.threads is not None and not (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                                             and self.threads >= 1):
+            raise ConfigError(f"threads must be a positive integer or None, got {self.threads!r}")
         for name in ("hdml_window", "hdml_hidden"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -190,6 +194,7 @@ _PAPER_COMMON = dict(
     lr_schedule="none",  # ours: see above
     grad_clip=10.0,  # official: 10, by value (see above)
     amp=True,  # the paper trains with mixed precision (apex O1 in the official code)
+    threads=None,  # ours: the GPU trains; the CPU keeps torch's default threads
     num_workers=8,  # ours: decoding JPEGs needs several loader processes (the official code uses 16)
 )
 DATA_PRESETS: dict[str, dict] = {

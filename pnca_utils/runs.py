@@ -6,8 +6,10 @@ config (say, the full ProxyNCA++ model) therefore train it once per `make book`.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import Config
@@ -51,11 +53,34 @@ def is_finished(config: Config, root: str | Path) -> bool:
     return isinstance(saved, dict) and essential(saved) == essential(config.to_dict())
 
 
+@contextmanager
+def locked(folder: Path):
+    """Hold `folder`'s run lock: one process at a time trains a run, whichever machine it is on.
+
+    The lock is the operating system's (POSIX record lock, which NFS shares too), so it is released
+    when its holder dies, however it dies. Files a killed holder left half-written (`*.tmp`: the
+    runs write every file to a temporary name, then rename it) are removed once the lock is ours.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)  # waits while another process trains this run
+        try:
+            for partial in folder.glob("*.tmp"):
+                partial.unlink()
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
 def cached_fit(config: Config, data=None, root: str | Path = "build/runs", progress: bool = True):
     """`fit(config, data)` with its checkpoint under `root`: a finished run is reloaded, not retrained.
 
-    A run interrupted part-way resumes from its last epoch. Returns fit's `FitResult`.
+    A run interrupted part-way resumes from its last epoch. Two processes asked for the same run
+    (two grid workers, a grid and a chapter) train it once: the second waits for the first, then
+    reloads its finished run. Returns fit's `FitResult`.
     """
     from .training import fit
 
-    return fit(config, data, out_dir=run_dir(config, root), progress=progress, resume=True)
+    folder = run_dir(config, root)
+    with locked(folder):
+        return fit(config, data, out_dir=folder, progress=progress, resume=True)

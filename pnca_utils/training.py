@@ -6,6 +6,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,15 +179,44 @@ def _check_finite(loss: float, epoch: int, step: int, out: Path | None) -> None:
                             f"{kept}Lower the learning rates or clip gradients.")
 
 
+@contextmanager
+def cpu_threads(threads: int | None):
+    """torch's and the BLAS libraries' CPU threads set to `threads` inside the block (None: left as they are).
+
+    A CPU run's numbers depend on its thread count (reductions split differently), so a run
+    fixes it: the same config then gives the same numbers on any machine, alone or beside others.
+    """
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path | None = None,
         progress: bool = True, resume: bool = True) -> FitResult:
     """Train `config` and evaluate it; with `out_dir`, checkpoint each epoch, resume, write metrics.json.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process runs this same call: data-parallel over
     the processes with the same global batch (see `pnca_utils.distributed`); rank 0 evaluates
-    and writes the files, and every process returns the same metrics.
+    and writes the files, and every process returns the same metrics. The run uses
+    `config.threads` CPU threads.
     """
     config.validate()
+    with cpu_threads(config.threads):
+        return _train(config, data, out_dir, progress, resume)
+
+
+def _train(config: Config, data: RetrievalData | None, out_dir: str | Path | None, progress: bool,
+           resume: bool) -> FitResult:
+    """The body of `fit`, run inside its thread setting."""
     started = time.perf_counter()
     processes = distributed.world_size()
     if processes > 1 and config.method.startswith("hdml-"):
@@ -340,6 +370,7 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
 
 def untrained_metrics(config: Config, data: RetrievalData | None = None) -> dict:
     """Metrics of the network before any metric-learning step (the baseline a run must beat)."""
-    train_data, eval_data = prepare(config, data)
-    model, _ = build(config, train_data.num_channels, train_data.num_train_classes)
-    return evaluate_model(model, eval_data, config.device, config.seed)
+    with cpu_threads(config.threads):
+        train_data, eval_data = prepare(config, data)
+        model, _ = build(config, train_data.num_channels, train_data.num_train_classes)
+        return evaluate_model(model, eval_data, config.device, config.seed)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .config import ConfigError, make_config, parse_overrides
+from .parallel import RunsFailed, Task, execute
 
 
 def parse_grid(pairs: list[str]) -> dict[str, list]:
@@ -23,14 +23,16 @@ def parse_grid(pairs: list[str]) -> dict[str, list]:
 
 
 def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, out: str | Path | None = None,
-                progress: bool = True, data=None, **fixed) -> pd.DataFrame:
+                progress: bool = True, data=None, jobs: int = 1, scheduler: str | None = None,
+                **fixed) -> pd.DataFrame:
     """Train every grid point (each seed) with eval_split='val'; mean R@1 per point, best first.
 
     With `out`, rows are appended to `out/search.csv` as they finish and finished runs are
-    skipped when the search is run again.
+    skipped when the search is run again. Each row keeps the run's validation curve (R@1 at
+    every evaluated epoch, as JSON) for choosing an epoch budget. `jobs` local processes or the
+    Dask scheduler at `scheduler` train the runs (see `pnca_utils.parallel`); a failed run is
+    reported, the others carry on, and `RunsFailed` lists the failures at the end.
     """
-    from .training import fit
-
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     configs = [make_config(preset, size, **{**fixed, **point, "seed": seed, "eval_split": "val"})
                for point in points for seed in range(seeds)]  # all validated before any training
@@ -38,17 +40,29 @@ def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, o
     done = pd.read_csv(table) if table is not None and table.exists() else pd.DataFrame()
     rows = done.to_dict("records")
     finished = {r["key"] for r in rows}
-    for config in tqdm(configs, desc=f"search {preset}", disable=not progress):
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key in finished:
-            continue
-        result = fit(config, data=data, progress=False)
-        rows.append({"key": key, "preset": preset, "seed": config.seed,
-                     **{k: getattr(config, k) for k in grid}, **result.metrics})
+    tasks = [Task(", ".join(f"{k}={getattr(c, k)}" for k in grid) + f", seed {c.seed}", c) for c in configs
+             if _search_key(c) not in finished]
+
+    def record(task: Task, outcome: dict) -> None:
+        config = task.config
+        rows.append({"key": _search_key(config), "preset": preset, "seed": config.seed,
+                     **{k: getattr(config, k) for k in grid}, **outcome["metrics"],
+                     "val_curve": json.dumps(outcome["curve"]), "train_seconds": outcome["train_seconds"]})
         if table is not None:
             table.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows).to_csv(table, index=False)
+            tmp = table.with_name(table.name + ".tmp")
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+            tmp.replace(table)
+
+    failures = execute(tasks, None, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
+                       desc=f"search {preset}", done_before=len(configs) - len(tasks))
+    if failures:
+        raise RunsFailed(failures, len(configs))
     return summarize(pd.DataFrame(rows), list(grid))
+
+
+def _search_key(config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
 
 
 def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from pnca_utils import ablation
+from pnca_utils import ablation, parallel
 from pnca_utils.ablation import (COMPONENTS, Variant, grid, hdml_grid, mean_interval, proxynca_grid, run_grid,
                                  select, smaller_image_size, summarize, to_markdown, write_summary)
 from pnca_utils.cli import main
@@ -126,8 +126,8 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     variants = select(proxynca_grid(), ["ProxyNCA++", "− low temperature"])
     fixed = dict(weights=None, epochs=1, batch_size=16, embedding_dim=16)
     calls = []
-    real = ablation.cached_fit
-    monkeypatch.setattr(ablation, "cached_fit", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
+    real = parallel.train_run
+    monkeypatch.setattr(parallel, "train_run", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
     first = run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed)
     assert len(calls) == 4 and len(first) == 4
     assert sorted(zip(first["variant"], first["seed"])) == sorted((v.name, s) for v in variants for s in (0, 1))
