@@ -107,11 +107,13 @@ def _train(args) -> dict:
 
 
 def _tune(args) -> dict:
+    from .provenance import record
     from .tuning import grid_search, parse_grid, to_markdown
 
     summary = grid_search(args.preset, args.size, parse_grid(args.grid), args.seeds, out=args.out,
                           progress=not args.quiet, jobs=args.jobs, scheduler=args.scheduler, **_overrides(args))
     (Path(args.out) / "summary.md").write_text(to_markdown(summary))
+    (Path(args.out) / "provenance.json").write_text(json.dumps({"argv": sys.argv[1:], **record()}, indent=2))
     best = summary.iloc[0]
     return {"best val R@1": float(best["mean"])}
 
