@@ -23,6 +23,7 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "results" / "embedded"  # wh
 PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
 GRIDS = ("proxynca++", "hdml")
 SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")
+GRID_THREADS = 1  # CPU threads per run in grids and searches: parallelism comes from running runs at once
 
 
 def smaller_image_size(image_size: int) -> int:
@@ -149,13 +150,15 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
 
     Runs already in runs.csv (same config) are skipped, so an interrupted grid resumes; runs
     live in `runs_root` (default `out/runs`), where a finished run is reloaded, not retrained.
-    `fixed` config values apply to every run. `jobs` local processes, or the Dask scheduler at
+    `fixed` config values apply to every run (each run on GRID_THREADS CPU threads unless `fixed`
+    says otherwise, so that its numbers do not depend on the machine). `jobs` local processes, or the Dask scheduler at
     `scheduler`, train the runs (see `pnca_utils.parallel`); the rows are the same either way.
     A failed run is reported and the grid carries on; at the end `RunsFailed` lists the
     failures (runs.csv keeps the rest). Returns runs.csv as a DataFrame.
     """
     if seeds < 1:
         raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    fixed.setdefault("threads", GRID_THREADS)
     if "eval_every" not in fixed:  # only the final evaluation: the grid reports final metrics
         fixed["eval_every"] = max(v.config(size, 0, **fixed).epochs for v in variants)
     # seed by seed, so that an interrupted grid already has whole seeds; every config validated first

@@ -47,7 +47,7 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="send the runs to a running Dask scheduler, e.g. tcp://10.0.0.1:8786 "
                         f"(default: ${SCHEDULER_ENV} if set); workers need the data and the runs folder")
-    p.add_argument("--threads", type=int, help="CPU threads per run (default 1: the config's); "
+    p.add_argument("--threads", type=int, help="CPU threads per run (default 1); "
                                                "a CPU run's numbers depend on it")
 
 

@@ -72,7 +72,7 @@ class Config:
     eval_every: int = 1
     seed: int = 0
     device: str = "cpu"
-    threads: int | None = 1  # CPU threads of this run (None: torch's default); a CPU run's numbers depend on it
+    threads: int | None = None  # CPU threads of this run (None: torch's default); a CPU run's numbers depend on it
     num_workers: int = 0
     amp: bool = False  # mixed precision on CUDA
 
@@ -194,7 +194,6 @@ _PAPER_COMMON = dict(
     lr_schedule="none",  # ours: see above
     grad_clip=10.0,  # official: 10, by value (see above)
     amp=True,  # the paper trains with mixed precision (apex O1 in the official code)
-    threads=None,  # ours: the GPU trains; the CPU keeps torch's default threads
     num_workers=8,  # ours: decoding JPEGs needs several loader processes (the official code uses 16)
 )
 DATA_PRESETS: dict[str, dict] = {

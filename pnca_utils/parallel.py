@@ -10,8 +10,8 @@ can write its table as it fills. Where the runs train is chosen by two arguments
   other machines (dask-jobqueue starts them on SLURM or PBS, dask-kubernetes on Kubernetes).
 
 Where a run trains does not change its numbers. A run's CPU thread count is a config field
-(`Config.threads`, 1 unless set), so the same config computes the same thing in any of the three
-places; on a CPU the metrics are bit for bit those of the one-process run. Runs with a `root` train
+(`Config.threads`; grids and searches set it to 1), so the same config computes the same thing in
+any of the three places; on a CPU the metrics are bit for bit those of the one-process run. Runs with a `root` train
 into the shared run cache through `runs.cached_fit`, which locks each run's folder and writes every
 file atomically: a worker killed mid-run leaves only its last finished epoch, which the run's next
 attempt resumes from (Dask retries a killed worker's task on another worker).

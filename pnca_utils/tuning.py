@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ConfigError, make_config, parse_overrides
+from .ablation import GRID_THREADS
 from .parallel import RunsFailed, Task, execute
 
 
@@ -31,8 +32,10 @@ def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, o
     skipped when the search is run again. Each row keeps the run's validation curve (R@1 at
     every evaluated epoch, as JSON) for choosing an epoch budget. `jobs` local processes or the
     Dask scheduler at `scheduler` train the runs (see `pnca_utils.parallel`); a failed run is
-    reported, the others carry on, and `RunsFailed` lists the failures at the end.
+    reported, the others carry on, and `RunsFailed` lists the failures at the end. Every run uses
+    GRID_THREADS CPU threads unless `fixed` sets `threads`.
     """
+    fixed.setdefault("threads", GRID_THREADS)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     configs = [make_config(preset, size, **{**fixed, **point, "seed": seed, "eval_split": "val"})
                for point in points for seed in range(seeds)]  # all validated before any training
