@@ -76,3 +76,61 @@ def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def to_markdown(summary: pd.DataFrame) -> str:
     return summary.to_markdown(index=False, floatfmt="g") + "\n"
+
+
+# --------------------------------------------------------------------------- #
+# Epoch budgets from validation curves
+# --------------------------------------------------------------------------- #
+BUDGET_GAIN = 1.0  # R@1 points: the rest of the curve gains less than this over the best so far ...
+BUDGET_WINDOW = 5  # ... and at least this many epochs of it were seen
+
+
+def epoch_budget(curve: list, gain: float = BUDGET_GAIN, window: int = BUDGET_WINDOW) -> int | None:
+    """The first epoch e after which no later epoch beats the best R@1 up to e by `gain` or more.
+
+    `curve` is [[epoch, R@1], ...] with every epoch evaluated. The whole rest of the curve is
+    compared, not the next few epochs, so a curve that stays flat for a while and then climbs is
+    not cut at its flat start; the best so far (not the last value) is compared, so one noisy
+    epoch neither stops nor prolongs training. None when fewer than `window` epochs follow the
+    first such e: the curve ends before it has shown that it levelled off.
+    """
+    values = [r for _, r in sorted(curve)]
+    for e in range(1, len(values) - window + 1):
+        if max(values[e:]) - max(values[:e]) < gain:
+            return e
+    return None
+
+
+def budget_table(folder: str | Path) -> pd.DataFrame:
+    """One row per run of every search.csv under `folder`: its grid point, seed, best and last R@1, budget."""
+    rows = []
+    for table in sorted(Path(folder).glob("*/search.csv")):
+        for run in pd.read_csv(table).to_dict("records"):
+            curve = json.loads(run["val_curve"])
+            point = {k: "" if k not in run or pd.isna(run[k]) else f"{run[k]:g}" for k in ("lr", "proxy_lr")}
+            rows.append({"search": table.parent.name, "preset": run["preset"], **point, "seed": run["seed"],
+                         "epochs": len(curve),
+                         "best R@1": max(r for _, r in curve), "last R@1": curve[-1][1],
+                         "budget": epoch_budget(curve)})
+    order = ["search", "lr", "proxy_lr", "seed"]
+    return pd.DataFrame(rows).sort_values(order, key=lambda c: c.map(_sort_key)).reset_index(drop=True)
+
+
+def _sort_key(value):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, str(value))
+
+
+def write_budgets(folder: str | Path) -> pd.DataFrame:
+    """`folder/budgets.md`: `budget_table(folder)` as Markdown ('more' where a curve has not levelled off)."""
+    table = budget_table(folder)
+    shown = table.assign(budget=[("more" if pd.isna(b) else str(int(b))) for b in table["budget"]],
+                         **{c: [f"{v:.2f}" for v in table[c]] for c in ("best R@1", "last R@1")})
+    note = (f"\nbudget: the first epoch after which no later epoch gains {BUDGET_GAIN:g} point of validation R@1 "
+            f"over the best so far, with at least {BUDGET_WINDOW} epochs seen after it; 'more': the curve ends "
+            "before that (`pnca_utils.tuning.epoch_budget`).\n")
+    markdown = shown.astype(str).to_markdown(index=False, disable_numparse=True)
+    (Path(folder) / "budgets.md").write_text(markdown + "\n" + note)
+    return table

@@ -58,3 +58,34 @@ def test_cli_tune_writes_runs_and_summary(tmp_path):
     runs = pd.read_csv(out / "search.csv")
     assert len(runs) == 1 and runs.loc[0, "lr"] == 1e-3 and 0 <= runs.loc[0, "R@1"] <= 100
     assert (out / "summary.md").read_text().splitlines()[0].split("|")[1].strip() == "lr"
+
+
+def test_epoch_budget_by_hand():
+    from pnca_utils.tuning import epoch_budget
+
+    curve = [[1, 10], [2, 20], [3, 25], [4, 25.5], [5, 25], [6, 25.9], [7, 25], [8, 25], [9, 25]]
+    # after epoch 3 (best 25) the rest peaks at 25.9: +0.9 < 1, and 6 epochs follow
+    assert epoch_budget(curve) == 3
+    assert epoch_budget(curve, gain=0.5) == 4  # best 25.5 at 4; the rest peaks at 25.9, +0.4
+    assert epoch_budget(curve, window=7) is None  # after epoch 3 only 6 epochs follow
+    flat_then_rising = [[e, 30.0] for e in range(1, 8)] + [[8, 40.0]] + [[e, 40.0] for e in range(9, 15)]
+    assert epoch_budget(flat_then_rising) == 8  # not cut at its flat start
+    assert epoch_budget([[e, float(e)] for e in range(1, 21)]) is None  # still rising
+    assert epoch_budget([[2, 5.0], [1, 1.0]] + [[e, 5.0] for e in range(3, 9)]) == 2  # order of epochs
+
+
+def test_budget_table_reads_every_search(tmp_path):
+    import json
+
+    from pnca_utils.tuning import write_budgets
+
+    for name, point in (("a", {"lr": 0.5}), ("b", {"proxy_lr": 4.0})):
+        (tmp_path / name).mkdir()
+        curve = [[e, min(e, 3) * 10.0] for e in range(1, 10)]
+        pd.DataFrame([{"key": "k", "preset": "proxynca", "seed": 0, **point, "R@1": 30.0,
+                       "val_curve": json.dumps(curve)}]).to_csv(tmp_path / name / "search.csv", index=False)
+    table = write_budgets(tmp_path)
+    assert list(table["search"]) == ["a", "b"] and list(table["lr"]) == ["0.5", ""]
+    assert list(table["proxy_lr"]) == ["", "4"] and list(table["budget"]) == [3, 3]
+    assert list(table["best R@1"]) == [30.0, 30.0]
+    assert "| a " in (tmp_path / "budgets.md").read_text()
