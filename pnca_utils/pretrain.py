@@ -13,13 +13,22 @@ from .models import SmallCNN
 from .samplers import RandomBatchSampler
 
 PRETRAIN = dict(epochs=2, batch_size=64, lr=2e-3, image_size=48, version=1)
+# Backbone "B" of results/diagnostics/image-scale: the same recipe, each batch at a scale drawn from these.
+MULTISCALE = (40, 48, 56, 64)
 
 
 def pretrained_backbone(spec: EmbeddedSpec = EmbeddedSpec(), cache_dir: Path | str | None = None,
-                        progress: bool = True) -> Path:
-    """Path of the small CNN's backbone weights pretrained on the source task; trained once, then cached."""
+                        progress: bool = True, scales: tuple[int, ...] | None = None) -> Path:
+    """Path of the small CNN's backbone weights pretrained on the source task; trained once, then cached.
+
+    By default the source task is seen at PRETRAIN's 48 px only. With `scales` (e.g. MULTISCALE),
+    every batch is drawn at one of those sizes instead, so the backbone knows each of them; that
+    pretraining runs on one CPU thread, so its weights do not depend on the machine's core count.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache()
     tag = "-".join(f"{k}{v}" for k, v in PRETRAIN.items())
+    if scales is not None:
+        tag += "-scales" + "_".join(map(str, scales))
     path = cache / f"smallcnn-{spec.key()}-{tag}.pt"
     if path.exists():
         try:
@@ -27,9 +36,27 @@ def pretrained_backbone(spec: EmbeddedSpec = EmbeddedSpec(), cache_dir: Path | s
             return path
         except Exception:  # a damaged file is rebuilt
             path.unlink()
-    data = load_source_task(PRETRAIN["image_size"], spec, cache)
-    generator = torch.Generator().manual_seed(spec.seed)
-    torch.manual_seed(spec.seed)
+    if scales is None:
+        backbone = _pretrain({PRETRAIN["image_size"]: load_source_task(PRETRAIN["image_size"], spec, cache)},
+                             spec.seed, progress)
+    else:
+        from .training import cpu_threads
+
+        with cpu_threads(1):
+            backbone = _pretrain({size: load_source_task(size, spec, cache) for size in scales}, spec.seed, progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(backbone.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _pretrain(by_size: dict, seed: int, progress: bool) -> SmallCNN:
+    """Train a SmallCNN and a 10-way head on the source task; each batch at a size drawn from `by_size`."""
+    sizes = list(by_size)
+    data = by_size[sizes[0]]
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     backbone = SmallCNN(data.num_channels)
     net = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10))
     opt = torch.optim.Adam(net.parameters(), lr=PRETRAIN["lr"])
@@ -39,13 +66,11 @@ def pretrained_backbone(spec: EmbeddedSpec = EmbeddedSpec(), cache_dir: Path | s
     for epoch in range(PRETRAIN["epochs"]):
         batches.set_epoch(epoch)
         for idx in tqdm(batches, desc=f"pretrain {epoch + 1}/{PRETRAIN['epochs']}", disable=not progress, leave=False):
+            if len(sizes) > 1:  # one draw per batch; a single size draws nothing (its weights stay as they were)
+                data = by_size[sizes[int(torch.randint(len(sizes), (1,), generator=generator))]]
             x = torch.stack([data[i][0] for i in idx])
             y = torch.as_tensor(data.labels[idx])
             opt.zero_grad()
             loss_fn(net(x), y).backward()
             opt.step()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(backbone.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    return backbone

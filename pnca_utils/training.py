@@ -142,17 +142,21 @@ def prepare(config: Config, data: RetrievalData | None = None) -> tuple[Retrieva
     return split, split
 
 
+# The small CNN's pretrained backbones: at 48 px only, or over pretrain.MULTISCALE (results/diagnostics/image-scale).
+SMALL_CNN_WEIGHTS = ("auto", "auto-multiscale")
+
+
 def build(config: Config, num_channels: int, num_classes: int) -> tuple[EmbeddingNet, nn.Parameter | None]:
     """The model and, for proxy methods, one proxy per training class, initialised from the seed."""
     weights = config.weights
-    if config.arch == "small_cnn" and weights == "auto":
+    if config.arch == "small_cnn" and weights in SMALL_CNN_WEIGHTS:
         if num_channels != 1:
-            raise ConfigError(f"weights='auto' is a small CNN pretrained on 1-channel digits; this data set has "
+            raise ConfigError(f"weights={weights!r} is a small CNN pretrained on 1-channel digits; this data set has "
                               f"{num_channels} channels: set weights=None, or arch=resnet50 with a weights file")
-        from .pretrain import pretrained_backbone
+        from .pretrain import MULTISCALE, pretrained_backbone
 
-        weights = pretrained_backbone()
-    elif weights == "auto":
+        weights = pretrained_backbone(scales=MULTISCALE if weights == "auto-multiscale" else None)
+    elif weights in SMALL_CNN_WEIGHTS:
         weights = None
     seed_everything(config.seed)
     model = build_model(config.arch, num_channels, config.embedding_dim, config.pooling, config.layernorm, weights)
