@@ -20,7 +20,8 @@
 # - what deep metric learning is for: retrieval, clustering, few- and zero-shot recognition;
 # - the zero-shot protocol every result in this book follows: the classes we test on are never seen
 #   in training, and hyperparameters are chosen on held-out *training* classes;
-# - the four numbers we report, Recall@K, NMI, MAP@R and R-precision, worked out by hand on seven points;
+# - the measures we report, Recall@K, NMI, MAP@R and R-precision (and F1, which HDML reports), worked out by
+#   hand on seven points;
 # - the data set that ships with the book, and how to plug in the real ones (CUB-200-2011, Cars196,
 #   Stanford Online Products, In-Shop Clothes).
 #

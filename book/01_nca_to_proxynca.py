@@ -384,7 +384,9 @@ if solutions:
 
 # %%
 if solutions:
-    # 3. The proxies are a nearest-class-mean classifier on the training classes.
+    # 3. The proxies classify the training images by the nearest proxy. They are learned points, not
+    #    class means: a nearest-proxy classifier, which coincides with nearest-class-mean only if
+    #    every proxy sat at its class's mean embedding.
     train_emb, train_labels_t = embed(proxynca.model, data.train)
     nearest = torch.cdist(train_emb, torch.nn.functional.normalize(proxynca.proxies.detach(), dim=1)).argmin(1)
     own = 100 * (nearest == train_labels_t).double().mean().item()

@@ -156,13 +156,14 @@ plt.savefig(figures / "02_loss_profiles.png", dpi=110, bbox_inches="tight")
 plt.show()
 
 summary = {}
-for name, profile in profiles.items():
+for (name, profile), kw in zip(profiles.items(), settings.values()):
     ex, inc = profile["excluded"], profile["included"]
     summary[name] = {"min loss excluded": ex["loss"].min(), "min loss included": inc["loss"].min(),
                      "grad at d=0 excluded": ex["grad"][0], "grad at d=0 included": inc["grad"][0],
                      "gradient kept at d=0 (%)": 100 * inc["grad"][0] / ex["grad"][0]}
-    negative = distance[ex["loss"] < 0]
-    where = (f"below zero for d_y < {negative.max():.2f}" if len(negative) else "never below zero")
+    # exactly: excluded loss < 0  <=>  d_y < d_z - T log(C - 1) (exercise 2); the grid's last point below is coarser
+    threshold = 2.0 - kw["temperature"] * math.log(kw["num_classes"] - 1)
+    where = (f"below zero for d_y < {threshold:.3f}" if threshold > 0 else "never below zero")
     print(f"{name}: excluded loss from {ex['loss'][-1]:.2f} down to {ex['loss'][0]:.2f} ({where}); "
           f"included loss from {inc['loss'][-1]:.2f} down to {inc['loss'][0]:.3f}")
 print()

@@ -258,7 +258,8 @@ print("Removals that raised R@1, their whole interval above 0: " + (", ".join(ra
 # Does a removal's effect depend on how long we train? `results/embedded-8-epochs/` holds the same
 # grid, same seeds and learning rates, trained for 8 epochs instead of 4 (`python -m pnca_utils
 # ablate --size default --epochs 8 --seeds 3 --runs build/runs --out results/embedded-8-epochs`
-# re-runs it, about twice the time of `make reproduce`). The cell sets the two tables side by side
+# re-runs it; it took 95 min of run time against the 4-epoch grid's 22 min, recorded beside another job,
+# so more than twice). The cell sets the two tables side by side
 # and names the removals whose verdict changes: a drop, a gain, or within noise.
 
 # %%

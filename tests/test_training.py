@@ -195,3 +195,28 @@ def test_pretrained_small_cnn_needs_one_channel():
     data = RetrievalData("rgb", rgb, rgb, (1,))
     with pytest.raises(ConfigError, match="weights=None"):
         fit(make_config("proxynca++", "ci", batch_size=4, images_per_class=2), data, progress=False)
+
+
+def test_multiscale_pretraining_sees_every_scale_and_is_cached_apart(tmp_path, monkeypatch):
+    from pnca_utils import pretrain
+    from pnca_utils.data.embedded import EmbeddedSpec
+
+    spec = EmbeddedSpec(num_classes=4, images_per_class=2, source_images=40, image_size=32)
+
+    monkeypatch.setitem(pretrain.PRETRAIN, "batch_size", 8)  # the tiny source task has few images
+    seen = []
+
+    class Recording(pretrain.SmallCNN):
+        def forward(self, x):
+            seen.append(x.shape[-1])
+            return super().forward(x)
+
+    monkeypatch.setattr(pretrain, "SmallCNN", Recording)
+    multi = pretrain.pretrained_backbone(spec, tmp_path, progress=False, scales=(24, 32))
+    assert set(seen) == {24, 32} and "scales24_32" in multi.name
+    seen.clear()
+    single = pretrain.pretrained_backbone(spec, tmp_path, progress=False)
+    assert set(seen) == {pretrain.PRETRAIN["image_size"]} and single != multi
+    seen.clear()
+    assert pretrain.pretrained_backbone(spec, tmp_path, progress=False, scales=(24, 32)) == multi
+    assert not seen  # cached: nothing trained again
