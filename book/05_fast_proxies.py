@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from pnca_utils import analysis, losses
 from pnca_utils.analysis import GRADIENT_KEYS
 from pnca_utils.chapter import workspace
-from pnca_utils.config import Config, make_config
+from pnca_utils.config import DATA_PRESETS, Config, make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import curves, step_overlay, sweep
 from pnca_utils.runs import cached_fit
@@ -154,12 +154,17 @@ plt.show()
 # What to notice: with $\epsilon = 1$ a gradient of $10^{-3}$ moves its parameter by a thousandth of the
 # learning rate, and the step follows the gradient's size over the whole range below 1. Under this
 # optimiser the proxies' small gradients become small steps, unless their learning rate is much
-# larger. The paper's two rates are `Config`'s defaults, which real data sets keep; on the embedded
-# set the backbone's rate was calibrated for the small CNN (see the README):
+# larger. The paper's two rates for CUB and Cars are `Config`'s defaults. The real data sets take
+# theirs from `config.DATA_PRESETS`: for SOP and In-Shop the authors' configurations scale both rates
+# with the batch. On the embedded set the backbone's rate was calibrated for the small CNN (see the README):
 
 # %%
-print(f"paper (Config defaults): proxies {Config.proxy_lr:g}, backbone {Config.lr:g}, "
+print(f"paper (Config defaults, CUB and Cars): proxies {Config.proxy_lr:g}, backbone {Config.lr:g}, "
       f"ratio {Config.proxy_lr / Config.lr:.0e}")
+for name in ("sop", "inshop"):
+    preset = DATA_PRESETS[name]
+    print(f"{name} (the authors' configuration): proxies {preset['proxy_lr']:g}, backbone {preset['lr']:g}, "
+          f"ratio {preset['proxy_lr'] / preset['lr']:.0e}")
 print(f"here (embedded set): proxies {full.proxy_lr:g}, backbone {full.lr:g}, ratio {full.proxy_lr / full.lr:.0e}")
 
 # %% [markdown]

@@ -27,7 +27,7 @@ def paper_config(dataset="cub", **overrides):
 def results(tmp_path):
     write_run(tmp_path / "cub", paper_config(), **{"R@1": 70.0, "R@2": 80.0, "R@4": 88.0, "R@8": 93.0, "NMI": 70.0})
     write_run(tmp_path / "cub-seed1", paper_config(seed=1), **{"R@1": 72.0, "R@2": 82.0, "R@4": 89.0, "R@8": 94.0})
-    write_run(tmp_path / "deep" / "runs" / "x", paper_config("sop", embedding_dim=512, lr=2.4e-2), **{"R@1": 80.0})
+    write_run(tmp_path / "deep" / "runs" / "x", paper_config("sop", embedding_dim=512, lr=4e-3), **{"R@1": 80.0})
     write_run(tmp_path / "embedded", make_config("proxynca++", "ci"), **{"R@1": 50.0})  # not a real data set
     write_run(tmp_path / "original", make_config("proxynca", "paper", dataset="cub", data_root="/d", weights="/w"),
               **{"R@1": 50.0})  # not ProxyNCA++
@@ -41,9 +41,9 @@ def test_find_runs_keeps_the_papers_method_only(results, tmp_path):
     runs = find_runs(results, results / "deep", tmp_path / "missing")  # overlapping and missing roots
     assert [(r.dataset, r.embedding_dim, r.seed) for r in runs] == [("cub", 2048, 0), ("cub", 2048, 1), ("sop", 512, 0)]
     assert runs[0].differences == {} and runs[0].metrics["R@1"] == 70.0 and "seconds" not in runs[0].metrics
-    assert runs[2].differences == {"lr": (4e-3, 2.4e-2)}
+    assert runs[2].differences == {"lr": (2.4e-2, 4e-3)}
     table = runs_table(runs)
-    assert list(table["differences from the preset"]) == ["none", "none", "lr=0.024 (preset 0.004)"]
+    assert list(table["differences from the preset"]) == ["none", "none", "lr=0.004 (preset 0.024)"]
 
 
 def test_preset_differences_flag_random_weights_and_missing_fields():
