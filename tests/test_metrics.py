@@ -445,3 +445,33 @@ X3, Y3 = np.zeros((3, 2), np.float32), np.array([0, 1, 0])
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def naive_nmi(classes, clusters) -> float:
+    """NMI written out: contingency table, entropies, mutual information, arithmetic-mean normalisation."""
+    n = len(classes)
+    joint = {}
+    for a, b in zip(classes, clusters):
+        joint[(a, b)] = joint.get((a, b), 0) + 1
+    p_class = {a: sum(1 for c in classes if c == a) / n for a in set(classes)}
+    p_cluster = {b: sum(1 for c in clusters if c == b) / n for b in set(clusters)}
+    entropy = lambda p: -sum(v * math.log(v) for v in p.values())  # noqa: E731
+    mutual = sum(count / n * math.log(count / n / (p_class[a] * p_cluster[b])) for (a, b), count in joint.items())
+    return mutual / ((entropy(p_class) + entropy(p_cluster)) / 2)
+
+
+def test_naive_nmi_by_hand():
+    # classes {0,0,1,1}, clusters {0,0,0,1}: H(Y) = ln 2, H(C) = -(3/4 ln 3/4 + 1/4 ln 1/4),
+    # I = 1/2 ln(1/2 / (1/2 * 3/4)) + 1/4 ln(1/4 / (1/2 * 3/4)) + 1/4 ln(1/4 / (1/2 * 1/4))
+    h_y, h_c = math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    mutual = 0.5 * math.log(4 / 3) + 0.25 * math.log(2 / 3) + 0.25 * math.log(2)
+    assert naive_nmi([0, 0, 1, 1], [0, 0, 0, 1]) == pytest.approx(mutual / ((h_y + h_c) / 2), abs=1e-15)
+    assert naive_nmi([0, 0, 1, 1], [5, 5, 7, 7]) == pytest.approx(1.0)  # a relabelling is perfect
+
+
+def test_nmi_against_the_written_out_formula():
+    x, y = blobs(8, spread=8.0)
+    clusters = metrics._kmeans(torch.as_tensor(x), torch.as_tensor(y), 3)
+    want = naive_nmi(list(np.asarray(y)), list(clusters))
+    assert 0.05 < want < 0.95
+    assert nmi(x, y, seed=3) == pytest.approx(want, abs=1e-12)

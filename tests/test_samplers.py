@@ -117,3 +117,58 @@ def test_make_batch_sampler():
         make_batch_sampler(LABELS, "balanced", batch_size=10, images_per_class=4, seed=0)
     with pytest.raises(ValueError, match="unknown sampler 'greedy'"):
         make_batch_sampler(LABELS, "greedy", batch_size=12, images_per_class=4, seed=0)
+
+
+def loop_balanced_batches(labels, classes_per_batch, m, num_batches, seed, epoch):
+    """Reference for the class-balanced sampler, one draw at a time in plain loops.
+
+    The documented recipe: classes are visited in the order of a shuffled permutation, a new one
+    drawn whenever it runs out, skipping a class already in the batch; each class gives m images
+    without replacement, or all its images (shuffled) topped up at random when it has fewer.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    classes = sorted(set(labels.tolist()))
+    members = {}
+    for i, label in enumerate(labels.tolist()):
+        members.setdefault(classes.index(label), []).append(i)
+    to_visit = []
+    batches = []
+    for _ in range(num_batches):
+        chosen = []
+        while len(chosen) < classes_per_batch:
+            picked = None
+            for position in range(len(to_visit)):
+                if to_visit[position] not in chosen:
+                    picked = to_visit.pop(position)
+                    break
+            if picked is None:
+                to_visit = to_visit + list(rng.permutation(len(classes)))
+                continue
+            chosen.append(picked)
+        batch = []
+        for k in chosen:
+            images = np.array(members[k])
+            if len(images) >= m:
+                batch.extend(int(i) for i in rng.choice(images, m, replace=False))
+            else:
+                batch.extend(int(i) for i in rng.permutation(images))
+                batch.extend(int(i) for i in rng.choice(images, m - len(images)))
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("seed, epoch, c, m", [(0, 0, 3, 4), (5, 2, 4, 2), (1, 7, 10, 3)])
+def test_balanced_sampler_equals_the_loop_reference(seed, epoch, c, m):
+    sampler = ClassBalancedBatchSampler(LABELS, c, m, num_batches=40, seed=seed)
+    sampler.set_epoch(epoch)
+    assert list(sampler) == loop_balanced_batches(LABELS, c, m, 40, seed, epoch)
+
+
+def test_random_sampler_equals_the_loop_reference():
+    sampler = RandomBatchSampler(23, 5, seed=4)
+    sampler.set_epoch(3)
+    order = np.random.default_rng([4, 3]).permutation(23)
+    want = [[int(order[b * 5 + j]) for j in range(5)] for b in range(23 // 5)]
+    assert list(sampler) == want
+    seen = [i for batch in sampler for i in batch]
+    assert len(seen) == len(set(seen)) == 20  # every index at most once; the 3 left over dropped
