@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DATASETS, METHOD_PRESETS, SIZE_PRESETS, Config, ConfigError, make_config, parse_overrides
+from . import __version__
+from .config import (DATASETS, METHOD_PRESETS, PAPER_SIZE, SIZE_PRESETS, Config, ConfigError, make_config,
+                     parse_overrides)
 from .data import DataError, load_data
 from .parallel import SCHEDULER_ENV, RunsFailed
 from .training import TrainingError
@@ -33,8 +35,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="proxynca++", help=f"one of {', '.join(METHOD_PRESETS)}")
-    p.add_argument("--size", default="default", help=f"one of {', '.join(SIZE_PRESETS)}")
+    p.add_argument("--preset", default="proxynca++", choices=list(METHOD_PRESETS), metavar="PRESET",
+                   help=f"one of {', '.join(METHOD_PRESETS)}")
+    p.add_argument("--size", default="default", choices=[*SIZE_PRESETS, PAPER_SIZE], metavar="SIZE",
+                   help=f"one of {', '.join(SIZE_PRESETS)}, or {PAPER_SIZE} (a real data set's published settings)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
@@ -53,6 +57,7 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m pnca_utils", description=__doc__)
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a method and write metrics.json")
     _common(train)
@@ -67,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     ablate = sub.add_parser("ablate", help="seeded ablation grid; writes runs.csv, ablation.csv, ablation.md")
     _common(ablate)
     ablate.add_argument("--grid", default="proxynca++", help="proxynca++ (the paper's ablations) or hdml")
-    ablate.add_argument("--size", default="default", help=f"one of {', '.join(SIZE_PRESETS)}")
+    ablate.add_argument("--size", default="default", choices=[*SIZE_PRESETS, PAPER_SIZE], metavar="SIZE",
+                        help=f"one of {', '.join(SIZE_PRESETS)}, {PAPER_SIZE}")
     ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (0, 1, ...)")
     ablate.add_argument("--variant", action="append", metavar="NAME", help="only these variants (repeatable)")
     ablate.add_argument("--runs", help="folder of the cached runs (default: OUT/runs)")

@@ -113,3 +113,18 @@ def test_evaluate_defaults_to_the_checkpoints_data_and_split(tiny_data, tmp_path
     trained, evaluated = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, eval_dir))
     assert evaluated["config"]["dataset"] == "folder" and evaluated["config"]["data_root"] == str(tmp_path)
     assert {k: evaluated[k] for k in METRICS} == {k: trained[k] for k in METRICS}
+
+
+def test_version_and_choices(capsys, tmp_path):
+    from pnca_utils import __version__
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and __version__ in capsys.readouterr().out
+    for args in (["train", "--preset", "nope"], ["tune", "--size", "huge", "--grid", "lr=1"],
+                 ["ablate", "--size", "huge"]):
+        with pytest.raises(SystemExit) as done:
+            cli.main([*args, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and "invalid choice" in err and "\n" == err[-1] and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
