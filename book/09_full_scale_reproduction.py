@@ -68,6 +68,7 @@ import pandas as pd
 from PIL import Image
 
 from pnca_utils import reproduction
+from pnca_utils.ablation import proxynca_grid
 from pnca_utils.analysis import metrics_table
 from pnca_utils.chapter import workspace
 from pnca_utils.config import DATA_PRESETS, PAPER_DIMS, PAPER_SIZE, RECALL_KS, make_config
@@ -181,6 +182,9 @@ lines = reproduction.commands(dataset if dataset in DATA_PRESETS else "cub", dat
                               weights or "WEIGHTS", gpus=4, seeds=3)
 for name, line in lines.items():
     print(f"# {name}\n{line}\n")
+grid_runs = len(proxynca_grid()) * 3
+print(f"The ablation line trains {len(proxynca_grid())} variants x 3 seeds = {grid_runs} ResNet-50 runs, "
+      "each as long as 'train'.")
 
 # %% [markdown]
 # What each one does:
@@ -191,10 +195,13 @@ for name, line in lines.items():
 #   says little about the spread.
 # - **several GPUs**: `torchrun` starts one training process per GPU on one machine and trains the
 #   same configuration data-parallel; `batch_size` stays the global batch of the paper, each process
-#   taking its slice, and mixed precision is on as in the paper (`amp=True` in every preset).
+#   taking its slice, and mixed precision is on as in the paper (`amp=True` in every preset). It
+#   writes to a folder of its own, so that it neither resumes nor overwrites the run of **train**.
 # - **evaluate** recomputes every metric of a saved checkpoint.
 # - **ablation** trains the seeded grid of chapter 07 (ProxyNCA++ with one enhancement removed at a
-#   time, and the original ProxyNCA) at the paper's settings, caching each run under `--runs`.
+#   time, the original ProxyNCA and the path between them) at the paper's settings, caching each run
+#   under `--runs`. It is the number of runs printed above, each one as long as **train**. Start it
+#   only after one **train** run has told you the time of a run on your GPU.
 # - **chapter** runs this notebook with `size="paper"`: it trains the run through the book's run
 #   cache (`build/runs`), or reloads it if it is there, and fills the table.
 #

@@ -184,7 +184,9 @@ def commands(dataset: str = "cub", data_root: str = "DATA_ROOT", weights: str = 
         "train": f"{train} --out {out}/{dataset}",
         "train 512": f"{train} --set embedding_dim=512 --out {out}/{dataset}-512",
         "more seeds": f"for s in $(seq 1 {seeds - 1}); do {train} --seed $s --out {out}/{dataset}-seed$s; done",
-        "several GPUs": f"torchrun --nproc_per_node {gpus} -m pnca_utils train {base} --out {out}/{dataset}",
+        # its own folder: the same --out as 'train' would resume (or refuse) that run
+        "several GPUs": f"torchrun --nproc_per_node {gpus} -m pnca_utils train {base} "
+                        f"--out {out}/{dataset}-{gpus}gpus",
         "evaluate": f"python -m pnca_utils evaluate --checkpoint {out}/{dataset}/checkpoint.pt --device cuda "
                     f"--out {out}/{dataset}-eval",
         "ablation": f"python -m pnca_utils ablate --grid proxynca++ --size {PAPER_SIZE} {data} "

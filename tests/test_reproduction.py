@@ -92,6 +92,13 @@ def test_commands_are_valid_command_lines(key):
         commands("folder")
 
 
+def test_every_command_writes_its_own_folder():
+    lines = commands("cub", "/d", "/w.pth")
+    outs = [shlex.split(lines[key])[shlex.split(lines[key]).index("--out") + 1]
+            for key in ("train", "train 512", "several GPUs", "evaluate", "ablation")]
+    assert len(set(outs)) == len(outs)
+
+
 def test_toy_folder_is_a_deterministic_folder_data_set(tmp_path):
     make_toy_folder(tmp_path / "a", num_classes=6, images_per_class=3, image_size=24)
     make_toy_folder(tmp_path / "b", num_classes=6, images_per_class=3, image_size=24)
