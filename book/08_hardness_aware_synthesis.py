@@ -138,7 +138,10 @@ plt.show()
 # \quad\text{(backbone and head)},$$
 #
 # with $f$ the real features of an image, $y^-$ the negative's class, $J_m$ the triplet or N-pair
-# loss and, as in the paper, $\beta = \lambda_{\text{soft}} = 10^4$. (`pnca_utils.hdml` also feeds
+# loss and $\beta = \lambda_{\text{soft}} = 10^4$: the official code's defaults, which are its Cars196
+# values (it gives $\beta = 5 \cdot 10^3$ for CUB, and weights $J_{\text{soft}}$ by $\lambda = 0.5$ beside
+# $(1-\lambda) J_{\text{recon}}$; `results/diagnostics/hdml/fidelity.md` lists every setting against the
+# official code). (`pnca_utils.hdml` also feeds
 # the reconstructions $g(z)$ to the classifier with their own labels, and averages $J_{\text{gen}}$
 # in the weight over the same window as $J_{\text{avg}}$.)
 #
@@ -412,8 +415,9 @@ print(f"wrote {results / '08.json'} (source: {source})")
 #   toward the anchor, by a share $e^{-\alpha/J_{\text{avg}}}$ of the gap that shrinks as the
 #   running loss $J_{\text{avg}}$ falls, and never closer than the positive.
 # - A generator maps the moved point back to feature space and the same head embeds it again;
-#   reconstruction keeps the generator faithful and a frozen classifier's softmax term keeps the
-#   synthetic negative in its class. The synthetic loss is trusted in proportion to
+#   reconstruction keeps the generator faithful, and a classifier's softmax term keeps the synthetic
+#   negative in its class. The classifier is trained too, by $J_{\text{cls}}$ on real features; it is
+#   frozen only inside the generator's loss, which moves the generator alone. The synthetic loss is trusted in proportion to
 #   $1 - e^{-\beta/J_{\text{gen}}}$, i.e. once the generator is good.
 # - Whether the hardness adapts depends on $J_{\text{avg}}$ relative to $\alpha$; the training curves
 #   above print how far the factor moved away from 0 with the paper's $\alpha$ on our losses, and
