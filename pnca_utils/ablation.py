@@ -151,8 +151,9 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
     Runs already in runs.csv (same config) are skipped, so an interrupted grid resumes; runs
     live in `runs_root` (default `out/runs`), where a finished run is reloaded, not retrained.
     `fixed` config values apply to every run (each run on GRID_THREADS CPU threads unless `fixed`
-    says otherwise, so that its numbers do not depend on the machine). `jobs` local processes, or the Dask scheduler at
-    `scheduler`, train the runs (see `pnca_utils.parallel`); the rows are the same either way.
+    says otherwise, so that its numbers do not depend on the machine). `jobs` local processes, or
+    the Dask scheduler at `scheduler`, train the runs (see `pnca_utils.parallel`); the rows are the
+    same either way.
     A failed run is reported and the grid carries on; at the end `RunsFailed` lists the
     failures (runs.csv keeps the rest). Returns runs.csv as a DataFrame.
     """
@@ -162,15 +163,15 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
     if "eval_every" not in fixed:  # only the final evaluation: the grid reports final metrics
         fixed["eval_every"] = max(v.config(size, 0, **fixed).epochs for v in variants)
     # seed by seed, so that an interrupted grid already has whole seeds; every config validated first
-    jobs_list = [(v, seed, v.config(size, seed, **fixed)) for seed in range(seeds) for v in variants]
+    planned = [(v, seed, v.config(size, seed, **fixed)) for seed in range(seeds) for v in variants]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "runs.csv"
     rows = pd.read_csv(table).to_dict("records") if table.exists() else []
     done = {r["key"] for r in rows}
     root = Path(runs_root) if runs_root is not None else out / "runs"
-    todo = {run_key(config): (variant, seed) for variant, seed, config in jobs_list if run_key(config) not in done}
-    tasks = [Task(f"{variant.name}, seed {seed}", config) for variant, seed, config in jobs_list
+    todo = {run_key(config): (variant, seed) for variant, seed, config in planned if run_key(config) not in done}
+    tasks = [Task(f"{variant.name}, seed {seed}", config) for variant, seed, config in planned
              if run_key(config) in todo]
 
     def record(task: Task, outcome: dict) -> None:
@@ -183,13 +184,13 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
         tmp.replace(table)
 
     failures = execute(tasks, root, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
-                       desc="ablation grid", done_before=len(jobs_list) - len(tasks))
-    keys = {run_key(config) for _, _, config in jobs_list}
-    order = {run_key(config): i for i, (_, _, config) in enumerate(jobs_list)}
+                       desc="ablation grid", done_before=len(planned) - len(tasks))
+    keys = {run_key(config) for _, _, config in planned}
+    order = {run_key(config): i for i, (_, _, config) in enumerate(planned)}
     finished = sorted((r for r in rows if r["key"] in keys), key=lambda r: order[r["key"]])
     if failures:
-        raise RunsFailed(failures, len(jobs_list))
-    _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in jobs_list), fixed, finished, jobs)
+        raise RunsFailed(failures, len(planned))
+    _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in planned), fixed, finished, jobs)
     return pd.DataFrame(finished)
 
 
