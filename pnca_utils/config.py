@@ -33,7 +33,9 @@ class Config:
     skip_bad_images: bool = False  # real data sets: leave unreadable image files out instead of stopping
     # model
     arch: str = "small_cnn"
-    weights: str | None = "auto"  # small_cnn: 'auto' = pretrained on the source task at 48 px, 'auto-multiscale' over 40-64 px; resnet50: a local file
+    # small_cnn: 'auto' = pretrained on the source task at 48 px, 'auto-multiscale' over 40-64 px;
+    # resnet50: a local file
+    weights: str | None = "auto"
     embedding_dim: int = 64
     pooling: str = "max"
     layernorm: bool = True

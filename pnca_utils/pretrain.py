@@ -61,7 +61,8 @@ def _pretrain(by_size: dict, seed: int, progress: bool) -> SmallCNN:
     net = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10))
     opt = torch.optim.Adam(net.parameters(), lr=PRETRAIN["lr"])
     loss_fn = nn.CrossEntropyLoss()
-    batches = RandomBatchSampler(len(data), PRETRAIN["batch_size"], seed=int(torch.randint(1 << 30, (1,), generator=generator)))
+    batches = RandomBatchSampler(len(data), PRETRAIN["batch_size"],
+                                 seed=int(torch.randint(1 << 30, (1,), generator=generator)))
     net.train()
     for epoch in range(PRETRAIN["epochs"]):
         batches.set_epoch(epoch)

@@ -15,7 +15,7 @@ LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "pandas",
 
 
 def commit(folder: Path = Path(__file__).resolve().parent) -> str | None:
-    """The git commit of the checkout holding `folder` (with '+changes' when it has uncommitted ones); None outside git."""
+    """The git commit of the checkout holding `folder` ('+changes' when it has uncommitted ones); None outside git."""
     def git(*args):
         return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
 

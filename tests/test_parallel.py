@@ -87,7 +87,7 @@ def test_grid_reports_failures_at_the_end_and_keeps_the_rest(tiny_data, tmp_path
     monkeypatch.setattr(parallel, "train_run", fails_for_low_temperature)
     with pytest.raises(RunsFailed) as caught:
         grid_rows(tmp_path, "grid", tiny_data)
-    assert sorted(f.label for f in caught.value.failures) == ["− low temperature, seed 0", "− low temperature, seed 1"]
+    assert sorted(f.label for f in caught.value.failures) == [f"− low temperature, seed {s}" for s in (0, 1)]
     assert "2 of 4 runs failed" in str(caught.value)
     kept = pd.read_csv(tmp_path / "grid" / "runs.csv")
     assert sorted(kept["variant"]) == ["ProxyNCA++", "ProxyNCA++"]  # the others finished and were recorded
