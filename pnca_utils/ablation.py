@@ -16,14 +16,13 @@ from scipy import stats
 
 from . import paper
 from .config import Config, ConfigError, make_config
-from .parallel import RunsFailed, Task, execute
+from .parallel import GRID_THREADS, RunsFailed, Task, execute, write_table
 from .runs import run_key
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results" / "embedded"  # where `make reproduce` writes
 PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
 GRIDS = ("proxynca++", "hdml")
 SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")
-GRID_THREADS = 1  # CPU threads per run in grids and searches: parallelism comes from running runs at once
 
 
 def smaller_image_size(image_size: int) -> int:
@@ -179,9 +178,7 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
         rows.append({"variant": variant.name, "kind": variant.kind, "seed": seed, **outcome["metrics"],
                      "train_seconds": outcome["train_seconds"], "seconds": outcome["seconds"],
                      "key": run_key(task.config)})
-        tmp = table.with_name(table.name + ".tmp")
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-        tmp.replace(table)
+        write_table(rows, table)
 
     failures = execute(tasks, root, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
                        desc="ablation grid", done_before=len(planned) - len(tasks))
@@ -195,7 +192,7 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
 
 
 def _write_meta(path: Path, size: str, seeds: int, epochs: int, fixed: dict, rows: list[dict], jobs: int) -> None:
-    """What the grid ran, and on what: size, seeds, epochs, fixed values, summed run time, commit, versions, machine."""
+    """What the grid ran, and on what: size, seeds, epochs, fixed values, run time, commit, versions, machine."""
     import json
 
     from .provenance import record

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
+import pandas as pd
+
 from .config import Config, ConfigError
+from .runs import run_key
 
 SCHEDULER_ENV = "PNCA_SCHEDULER"  # a Dask scheduler's address, used when no scheduler is given
+GRID_THREADS = 1  # CPU threads per run in grids and searches: parallelism comes from running runs at once
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def execute(tasks: list[Task], root: str | Path | None, on_done: Callable[[Task,
             on_done(task, outcome)
             bar.set_postfix_str(task.label)
         else:
-            failures.append(Failure(task.label, _key(task), _one_line(error)))
+            failures.append(Failure(task.label, run_key(task.config), _one_line(error)))
             bar.write(f"failed: {failures[-1]}")
         bar.update()
 
@@ -134,10 +137,11 @@ def execute(tasks: list[Task], root: str | Path | None, on_done: Callable[[Task,
     return failures
 
 
-def _key(task: Task) -> str:
-    from .runs import run_key
-
-    return run_key(task.config)
+def write_table(rows: list[dict], path: Path) -> None:
+    """A grid's rows as CSV, written to a temporary name and renamed: a reader never sees half a table."""
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    tmp.replace(path)
 
 
 def _one_line(error: BaseException) -> str:
@@ -149,8 +153,6 @@ def _attempt(fn, *args):
     try:
         return fn(*args), None
     except Exception as err:  # a failed run is reported; the grid carries on
-        if os.environ.get("PNCA_TRACEBACK"):
-            traceback.print_exc()
         return None, err
 
 
@@ -199,8 +201,8 @@ def _on_dask(tasks: list[Task], root: str | None, data, scheduler: str, finished
             from None
     with Client(scheduler) as client:
         shipped = client.scatter(data, broadcast=True) if data is not None else None
-        futures = {client.submit(train_run, task.config, root, shipped, key=f"pnca-{_key(task)}", pure=False): task
-                   for task in tasks}
+        futures = {client.submit(train_run, task.config, root, shipped, key=f"pnca-{run_key(task.config)}",
+                                 pure=False): task for task in tasks}
         try:
             for future in as_completed(futures):
                 outcome, error = _attempt(future.result)

@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ConfigError, make_config, parse_overrides
-from .ablation import GRID_THREADS
-from .parallel import RunsFailed, Task, execute
+from .parallel import GRID_THREADS, RunsFailed, Task, execute, write_table
 
 
 def parse_grid(pairs: list[str]) -> dict[str, list]:
@@ -53,9 +52,7 @@ def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, o
                      "val_curve": json.dumps(outcome["curve"]), "train_seconds": outcome["train_seconds"]})
         if table is not None:
             table.parent.mkdir(parents=True, exist_ok=True)
-            tmp = table.with_name(table.name + ".tmp")
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-            tmp.replace(table)
+            write_table(rows, table)
 
     failures = execute(tasks, None, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
                        desc=f"search {preset}", done_before=len(configs) - len(tasks))
