@@ -26,10 +26,14 @@ SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")
 
 
 def smaller_image_size(image_size: int) -> int:
-    """The 'smaller images' ablation: 256 → 227 as in the paper; else two thirds, on a multiple of 8 (48 → 32)."""
+    """The 'image scale' component removed: 256 → 227 as in the paper; else 7/8 on a multiple of 8 (64 → 56).
+
+    At size 'converged' both 64 and 56 px are scales the multi-scale backbone was pretrained at
+    (results/diagnostics/image-scale), so the pair measures the scale, not a backbone fed a size it never saw.
+    """
     if image_size in PAPER_SMALL_IMAGES:
         return PAPER_SMALL_IMAGES[image_size]
-    return max(16, 8 * round(image_size * 2 / 3 / 8))
+    return max(16, 8 * (image_size * 7 // 8 // 8))
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,15 @@ def proxynca_grid() -> list[Variant]:
     for c in COMPONENTS:
         variants.append(Variant(f"− {c.name}", "removal", removed=(c.name,), reference=full,
                                 paper_delta=delta.get(c.name), description=c.removed))
-    variants.append(Variant("ProxyNCA", "baseline", removed=tuple(names), reference=full,
-                            paper_delta=delta["all"], description="every enhancement removed"))
-    for step in range(1, len(names)):
-        variants.append(Variant(f"path {step}: + {names[step - 1]}", "path", removed=tuple(names[step:]),
-                                reference=full, description="ProxyNCA + " + ", ".join(names[:step])))
+    # the baseline with its own validated settings (preset 'proxynca'), and, as the path's start, every
+    # component removed from ProxyNCA++ at ProxyNCA++'s rates and budget
+    variants.append(Variant("ProxyNCA", "baseline", preset="proxynca", reference=full,
+                            paper_delta=delta["all"], description="the original, at its own validated rates"))
+    for step in range(len(names)):
+        variants.append(Variant(f"path {step}: + {names[step - 1]}" if step else "path 0: all removed", "path",
+                                removed=tuple(names[step:]), reference=full,
+                                description="ProxyNCA + " + ", ".join(names[:step]) if step
+                                else "every component removed, at ProxyNCA++'s rates"))
     return variants
 
 
@@ -180,6 +188,7 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
                      "key": run_key(task.config)})
         write_table(rows, table)
 
+    write_untrained([(v, c) for v, seed, c in planned if seed == 0], out / "untrained.csv", data)
     failures = execute(tasks, root, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
                        desc="ablation grid", done_before=len(planned) - len(tasks))
     keys = {run_key(config) for _, _, config in planned}
@@ -189,6 +198,35 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
         raise RunsFailed(failures, len(planned))
     _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in planned), fixed, finished, jobs)
     return pd.DataFrame(finished)
+
+
+# What the network computes before its first step depends on these fields only (not on the loss or the rates).
+NETWORK_FIELDS = ("dataset", "data_root", "image_size", "arch", "weights", "embedding_dim", "pooling", "layernorm",
+                  "seed", "threads", "device")
+
+
+def write_untrained(variants: list[tuple[Variant, Config]], path: Path, data=None) -> pd.DataFrame:
+    """The untrained network's metrics for each variant's config (written once to `path`, then read).
+
+    A row that ends below its untrained network has lost what pretraining gave it, whatever its
+    method; this file lets a reader check every row of the grid against where it started.
+    """
+    from .training import untrained_metrics
+
+    if path.exists():
+        table = pd.read_csv(path)
+        if set(table["variant"]) >= {v.name for v, _ in variants}:
+            return table
+    cache, rows = {}, []
+    for variant, config in variants:
+        network = tuple(getattr(config, f) for f in NETWORK_FIELDS)
+        if network not in cache:
+            cache[network] = untrained_metrics(config, data)
+        rows.append({"variant": variant.name, "image_size": config.image_size, "pooling": config.pooling,
+                     "layernorm": config.layernorm, "seed": config.seed, **cache[network]})
+    table = pd.DataFrame(rows)
+    write_table(rows, path)
+    return table
 
 
 def _write_meta(path: Path, size: str, seeds: int, epochs: int, fixed: dict, rows: list[dict], jobs: int) -> None:

@@ -158,11 +158,15 @@ METHOD_PRESETS: dict[str, dict] = {
 
 # Compute budgets for the embedded set on a CPU. 'default' fits the whole book into about a quarter
 # of an hour on two cores (the learning rates in CALIBRATED were chosen at 4 epochs); 'full' is the
-# largest image size and trains four times as long.
+# largest image size and trains four times as long. 'converged' is the committed grids' set-up: the
+# small CNN pretrained over 40-64 px, ProxyNCA++ at 64 px (its larger images; the ablation's usual
+# size is 56), and epochs, rates and image sizes per method from validation curves on held-out
+# training classes (CALIBRATED_CONVERGED; results/tuning/README.md says which search chose each).
 SIZE_PRESETS: dict[str, dict] = {
     "ci": dict(epochs=2, image_size=32),
     "default": dict(epochs=4, image_size=48),
     "full": dict(epochs=16, image_size=64),
+    "converged": dict(epochs=20, image_size=64, weights="auto-multiscale"),
 }
 
 
@@ -275,6 +279,24 @@ CALIBRATED: dict[tuple[str, str], dict] = {
     ("embedded", "hdml-triplet"): dict(lr=1e-1),  # HDML trains its metric at its baseline's rate
     ("embedded", "hdml-npair"): dict(lr=2e-2),
 }
+# The same at size 'converged', chosen from validation curves at that size (results/tuning/curves-56px,
+# curves-64px): each method's rates and its epoch budget (the rule of pnca_utils.tuning.epoch_budget,
+# with margin). A method without an entry has not been searched at this size: make_config refuses it.
+CALIBRATED_CONVERGED: dict[tuple[str, str], dict] = {
+    ("embedded", "proxynca++"): dict(lr=4e-2, proxy_lr=0.4),  # budgets 13-14 epochs; the size's 20
+    # the usual 56 px: only ProxyNCA++ takes the larger images; budget 33 at lr 1 and 2
+    ("embedded", "proxynca"): dict(lr=1.0, epochs=40, image_size=56),
+}
+
+
+def _calibrated(dataset: str, preset: str, size: str) -> dict:
+    """The validated values of `preset` on `dataset` at `size` (CALIBRATED, or CALIBRATED_CONVERGED)."""
+    if size != "converged":
+        return CALIBRATED.get((dataset, preset), {})
+    if dataset == "embedded" and (dataset, preset) not in CALIBRATED_CONVERGED:
+        raise ConfigError(f"preset {preset!r} has no validated rates and budget at size 'converged' yet; "
+                          f"validated: {', '.join(p for _, p in CALIBRATED_CONVERGED)}")
+    return CALIBRATED_CONVERGED.get((dataset, preset), {})
 
 
 def _paper_values(preset: str, overrides: dict) -> dict:
@@ -316,6 +338,6 @@ def make_config(preset: str = "proxynca++", size: str = "default", **overrides) 
             method.pop("proxy_lr", None)
         values = {**base, **method, **overrides}
     else:
-        calibrated = CALIBRATED.get((overrides.get("dataset", Config.dataset), preset), {})
+        calibrated = _calibrated(overrides.get("dataset", Config.dataset), preset, size)
         values = {**SIZE_PRESETS[size], **METHOD_PRESETS[preset], **calibrated, **overrides}
     return Config(**values).validate()

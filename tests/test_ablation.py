@@ -20,7 +20,7 @@ def _changed(a, b) -> set:
 
 
 def test_smaller_images():
-    assert [smaller_image_size(s) for s in (32, 48, 64, 256)] == [24, 32, 40, 227]
+    assert [smaller_image_size(s) for s in (32, 48, 64, 256)] == [24, 40, 56, 227]
 
 
 def test_each_removal_changes_only_its_component():
@@ -32,22 +32,39 @@ def test_each_removal_changes_only_its_component():
     assert [c.name for c in COMPONENTS] == list(expected)
     for name, fields in expected.items():
         assert _changed(variants[f"− {name}"].config("default", 0), full) == fields
-    baseline = variants["ProxyNCA"].config("default", 0)
-    assert _changed(baseline, full) == set().union(*expected.values())
+    all_removed = variants["path 0: all removed"].config("default", 0)
+    assert _changed(all_removed, full) == set().union(*expected.values())
+    assert (all_removed.temperature, all_removed.positive_in_denominator, all_removed.pooling, all_removed.proxy_lr,
+            all_removed.sampler, all_removed.layernorm, all_removed.image_size) == (1.0, False, "avg", None, "random",
+                                                                                    False, 40)
+    assert all_removed.lr == full.lr  # removals change components only, never the learning rate
+
+
+def test_baseline_has_its_own_validated_settings():
+    """The ProxyNCA row is the original method at the rate, budget and image size validated for it."""
+    variants = {v.name: v for v in proxynca_grid()}
+    baseline, full = (variants[n].config("converged", 0) for n in ("ProxyNCA", "ProxyNCA++"))
+    assert (baseline.lr, baseline.epochs, baseline.image_size) == (1.0, 40, 56)
+    assert (full.lr, full.proxy_lr, full.epochs, full.image_size) == (4e-2, 0.4, 20, 64)
+    assert baseline.weights == full.weights == "auto-multiscale"
     assert (baseline.temperature, baseline.positive_in_denominator, baseline.pooling, baseline.proxy_lr,
-            baseline.sampler, baseline.layernorm, baseline.image_size) == (1.0, False, "avg", None, "random", False, 32)
-    assert baseline.lr == full.lr  # the grid changes components only, never the learning rate
+            baseline.sampler, baseline.layernorm) == (1.0, False, "avg", None, "random", False)
 
 
 def test_cumulative_path_adds_one_component_per_step():
     variants = proxynca_grid()
-    path = [v for v in variants if v.name == "ProxyNCA"] + [v for v in variants if v.kind == "path"] + \
-        [v for v in variants if v.kind == "full"]
+    path = [v for v in variants if v.kind == "path"] + [v for v in variants if v.kind == "full"]
     assert len(path) == len(COMPONENTS) + 1
-    configs = [v.config("default", 0) for v in path]
-    for step, component in enumerate(COMPONENTS):
-        assert len(_changed(configs[step], configs[step + 1])) == 1, component.name
-    assert len(variants) == 1 + 7 + 1 + 6 and len({v.name for v in variants}) == len(variants)
+    for size in ("default", "converged"):
+        configs = [v.config(size, 0) for v in path]
+        for step, component in enumerate(COMPONENTS):
+            assert len(_changed(configs[step], configs[step + 1])) == 1, (size, component.name)
+    assert len(variants) == 1 + 7 + 1 + 7 and len({v.name for v in variants}) == len(variants)
+
+
+def test_converged_size_refuses_methods_not_yet_validated():
+    with pytest.raises(ConfigError, match="no validated rates"):
+        make_config("triplet", "converged")
 
 
 def test_paper_deltas_only_where_the_paper_gives_them():

@@ -201,7 +201,7 @@ def test_paper_size_needs_a_real_data_set_and_a_weights_choice():
         make_config("proxynca++", "paper", dataset="cub", weights=None)
     c = make_config("proxynca++", "paper", **parse_overrides(["dataset=cub", "data_root=/d", "weights=/w/r50.pth"]))
     assert c.weights == "/w/r50.pth"  # a path is only opened when the model is built
-    with pytest.raises(ConfigError, match="ci, default, full, paper"):
+    with pytest.raises(ConfigError, match="ci, default, full, converged, paper"):
         make_config("proxynca++", "huge")
 
 
