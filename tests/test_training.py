@@ -220,3 +220,14 @@ def test_multiscale_pretraining_sees_every_scale_and_is_cached_apart(tmp_path, m
     seen.clear()
     assert pretrain.pretrained_backbone(spec, tmp_path, progress=False, scales=(24, 32)) == multi
     assert not seen  # cached: nothing trained again
+
+
+@pytest.mark.parametrize("name", list(__import__("reference.fit_runs", fromlist=["RUNS"]).RUNS))
+def test_fit_trains_bit_for_bit_as_the_committed_reference(tiny_data, name):
+    """Every method, warm-up, clipping and a schedule: the same losses, gradients and metrics as
+    tests/reference/fit_runs.json, written before `fit` was split into named parts (one CPU thread)."""
+    from reference import fit_runs
+
+    expected = json.loads(fit_runs.REFERENCE.read_text())[name]
+    got = json.loads(json.dumps(fit_runs.numbers(fit(fit_runs.config(name), tiny_data, progress=False))))
+    assert got == expected
