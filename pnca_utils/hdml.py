@@ -301,6 +301,21 @@ class HDML(nn.Module):
                 "j_gen": terms.gen.item(), "j_recon": terms.recon.item(), "j_soft": terms.soft.item(),
                 "j_cls": terms.cls.item()}
 
+    def train_step(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   metric_params, inspect=None) -> tuple[HDMLTerms, dict]:
+        """One HDML step: every term; each loss's gradients on its own parameters, the generator and the
+        classifier stepped (:meth:`backward`); `inspect(embeddings, J_metric)`; then the metric update.
+
+        Returns the terms and the step's record for the history (see :meth:`backward`).
+        """
+        terms = self.losses(model, x, labels)
+        optimizer.zero_grad(set_to_none=True)
+        record = self.backward(terms, metric_params)
+        if inspect is not None:
+            inspect(terms.embeddings, terms.metric)
+        optimizer.step()
+        return terms, record
+
     def checkpoint(self) -> dict:
         """Everything a bit-identical resume needs (loads with ``torch.load(weights_only=True)``)."""
         return {"modules": self.state_dict(), "generator_optimizer": self.generator_optimizer.state_dict(),

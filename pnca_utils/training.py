@@ -7,7 +7,8 @@ import os
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from .hdml import HDML
 from .metrics import evaluate, recall_at_k
 from .models import EmbeddingNet, build_model
 from .samplers import DistributedBatchSampler, make_batch_sampler
+from .step import train_step
 
 
 class TrainingError(RuntimeError):
@@ -208,6 +210,8 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
         progress: bool = True, resume: bool = True) -> FitResult:
     """Train `config` and evaluate it; with `out_dir`, checkpoint each epoch, resume, write metrics.json.
 
+    The loop reads as its parts: `_start` builds the run; each epoch trains every batch with
+    `step.train_step` (`_train_epoch`), evaluates (`_evaluate`) and checkpoints (`_save`).
     Under torchrun (``WORLD_SIZE`` > 1) every process runs this same call: data-parallel over
     the processes with the same global batch (see `pnca_utils.distributed`); rank 0 evaluates
     and writes the files, and every process returns the same metrics. The run uses
@@ -215,13 +219,55 @@ def fit(config: Config, data: RetrievalData | None = None, out_dir: str | Path |
     """
     config.validate()
     with cpu_threads(config.threads):
-        return _train(config, data, out_dir, progress, resume)
+        started = time.perf_counter()
+        run = _start(config, data, out_dir)
+        start_epoch = _resume(run) if resume and run.out is not None else 0
+        metrics = None
+        for epoch in range(start_epoch, config.epochs):
+            row = _train_epoch(run, epoch, progress)
+            metrics = _evaluate(run, epoch, row)
+            run.history["epochs"].append(row)
+            _save(run, epoch)
+        if metrics is None:  # resumed from a checkpoint that had every epoch
+            metrics = run.ctx.from_main(lambda: evaluate_model(run.model, run.eval_data, config.device, config.seed))
+        return _finish(run, metrics, started)
 
 
-def _train(config: Config, data: RetrievalData | None, out_dir: str | Path | None, progress: bool,
-           resume: bool) -> FitResult:
-    """The body of `fit`, run inside its thread setting."""
-    started = time.perf_counter()
+@dataclass
+class _Run:
+    """Everything one training run holds between its steps."""
+
+    config: Config
+    ctx: distributed.Context
+    train_data: RetrievalData
+    eval_data: RetrievalData
+    model: EmbeddingNet
+    proxies: nn.Parameter | None
+    optimizer: torch.optim.Adam
+    scheduler: object
+    hdml: HDML | None
+    precision: distributed.MixedPrecision
+    batches: object
+    loader: DataLoader
+    out: Path | None
+    net: nn.Module = None  # what the forward pass goes through: the model, or the model under DDP
+    trainable: object = None  # distributed runs: the model and proxies DDP wraps
+    wrapped_frozen: bool | None = None  # the warm-up state `net` was wrapped for
+    history: dict = field(default_factory=lambda: {"epochs": [], "steps": []})
+
+    @property
+    def metric_params(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def loss_of(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The configured loss of a batch; across processes, on the whole batch where the method needs its pairs."""
+        if self.ctx.is_distributed and self.config.method in distributed.GATHERED_METHODS:
+            emb, labels = distributed.gather_batch(emb, labels)
+        return _loss(self.config, emb, labels, self.proxies)
+
+
+def _start(config: Config, data: RetrievalData | None, out_dir: str | Path | None) -> _Run:
+    """Data, model, proxies, optimisers (HDML's too), mixed precision and batches, in a fixed order of draws."""
     processes = distributed.world_size()
     if processes > 1 and config.method.startswith("hdml-"):
         raise ConfigError(f"method {config.method!r} trains in one process only (its generator and classifier "
@@ -231,19 +277,29 @@ def _train(config: Config, data: RetrievalData | None, out_dir: str | Path | Non
     model, proxies = build(config, train_data.num_channels, train_data.num_train_classes)
     if proxies is not None:
         proxies.data = proxies.data.to(config.device)
+    trainable = None
     if ctx.is_distributed:
         if ctx.rank > 0:  # other random draws (augmentation) than rank 0's; DDP copies rank 0's weights
             torch.manual_seed(config.seed + 1_000_003 * ctx.rank)
         distributed.convert_sync_batchnorm(model, config.device)  # batch statistics of the whole batch
-        trainable, wrapped_frozen = distributed.Trainable(model, proxies), None
-    net = model  # what the forward pass goes through: the model, or the model under DDP
+        trainable = distributed.Trainable(model, proxies)
     optimizer = _optimizer(config, model, proxies)
     scheduler = _scheduler(config, optimizer)
-    metric_params = [p for g in optimizer.param_groups for p in g["params"]]
     # HDML: generator, classifier, their optimisers and J_avg; the metric optimiser stays the one above
     hdml = HDML.from_config(config, model, train_data.num_train_classes) if config.method.startswith("hdml-") else None
-    amp = distributed.MixedPrecision(config.amp, config.device,
-                                     "HDML has no mixed-precision path" if hdml is not None else "")
+    precision = distributed.MixedPrecision(config.amp, config.device,
+                                           "HDML has no mixed-precision path" if hdml is not None else "")
+    batches = _batches(config, train_data, ctx)
+    loader = DataLoader(train_data.train, batch_sampler=batches, num_workers=config.num_workers)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return _Run(config, ctx, train_data, eval_data, model, proxies, optimizer, scheduler, hdml, precision,
+                batches, loader, out, net=model, trainable=trainable)
+
+
+def _batches(config: Config, train_data: RetrievalData, ctx):
+    """The epoch's batches (class-balanced or random), this process's slice of each under torchrun."""
     try:
         batches = make_batch_sampler(train_data.train.labels, config.sampler, config.batch_size,
                                      config.images_per_class, config.seed,
@@ -254,122 +310,139 @@ def _train(config: Config, data: RetrievalData | None, out_dir: str | Path | Non
     if len(batches) == 0:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the training set "
                           f"({len(train_data.train)} images)")
-    if ctx.is_distributed:  # this process's slice of each global batch
+    if ctx.is_distributed:
         try:
             batches = DistributedBatchSampler(batches, ctx.rank, ctx.world_size)
         except ValueError as err:
             raise ConfigError(f"{err} (batch_size={config.batch_size} is the global batch, "
                               f"WORLD_SIZE={ctx.world_size})") from None
-    loader = DataLoader(train_data.train, batch_sampler=batches, num_workers=config.num_workers)
-    history = {"epochs": [], "steps": []}
-    out = Path(out_dir) if out_dir is not None else None
-    start_epoch, metrics = 0, None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt = out / "checkpoint.pt"
-        if resume and ckpt.exists():
-            state = torch.load(ckpt, map_location=config.device, weights_only=True)
-            _check_resumable(state["config"], config, state["epoch"], ckpt)
-            model.load_state_dict(state["model"])
-            if proxies is not None:
-                proxies.data.copy_(state["proxies"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if hdml is not None:
-                hdml.load_checkpoint(state["hdml"])
-            amp.load_state_dict(state.get("scaler"))
-            ranks = state.get("rng_ranks") or []
-            torch.set_rng_state((ranks[ctx.rank] if len(ranks) == ctx.world_size else state["rng"]).cpu())
-            history, start_epoch = state["history"], state["epoch"]
+    return batches
 
-    for epoch in range(start_epoch, config.epochs):
-        frozen = epoch < config.warmup_epochs
-        model.train()
-        for p in model.backbone.parameters():
-            p.requires_grad_(not frozen)
-        if frozen:
-            model.backbone.eval()
-        if ctx.is_distributed and frozen != wrapped_frozen:  # DDP syncs the parameters trainable now
-            net, wrapped_frozen = None, frozen
-            net = distributed.wrap(trainable, config.device)
-        batches.set_epoch(epoch)
-        t0, epoch_losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.is_main),
-                   leave=False)
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(config.device), y.to(config.device)
-            if hdml is None:
-                with amp.autocast():
-                    emb = net(x)
-                emb = emb.float()  # the loss in float32 (a no-op without amp)
-                emb.retain_grad()
-                if ctx.is_distributed and config.method in distributed.GATHERED_METHODS:
-                    loss = _loss(config, *distributed.gather_batch(emb, y), proxies)  # the whole batch's pairs
-                else:
-                    loss = _loss(config, emb, y, proxies)
-            else:
-                terms = hdml.losses(model, x, y)
-                emb, loss = terms.embeddings, terms.metric
-            if not ctx.is_distributed:  # processes check after the backward pass, on the batch's loss
-                _check_finite(loss.item(), epoch, step, out)
-            optimizer.zero_grad(set_to_none=True)
-            if hdml is None:
-                amp.backward(loss)
-                extra = {}
-            else:  # each HDML loss reaches only its own parameters; steps the generator and classifier
-                extra = hdml.backward(terms, metric_params)
-            scale = amp.unscale(optimizer)
-            # over processes: the batch's loss; each process's embedding gradients are world_size times
-            # one process's (its loss is a mean over its slice, or the gathered batch's loss on every process)
-            loss_value, grad_embeddings = ctx.mean(
-                [loss.item(), float(emb.grad.norm(dim=1).mean()) / (scale * ctx.world_size)], config.device)
-            if ctx.is_distributed:
-                _check_finite(loss_value, epoch, step, out)
-            record = {"epoch": epoch + 1, "loss": loss_value, "grad_embeddings": grad_embeddings,
-                      "grad_embedding_layer": _grad_norm(model.embedding.parameters()),
-                      "grad_backbone": _grad_norm(model.backbone.parameters()),
-                      "grad_proxies": _grad_norm([proxies]) if proxies is not None else 0.0, **extra}
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(metric_params, config.grad_clip)
-            amp.step(optimizer)
-            history["steps"].append(record)
-            epoch_losses.append(record["loss"])
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-        row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)), "seconds": time.perf_counter() - t0,
-               "lr": [g["lr"] for g in optimizer.param_groups]}  # the rates this epoch trained with
-        scheduler.step()
-        for key in ("grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
-            row[key] = float(np.mean([s[key] for s in history["steps"][-len(epoch_losses):]]))
-        if epoch + 1 == config.epochs:  # the final evaluation gives the last epoch's R@1
-            metrics = ctx.from_main(lambda: evaluate_model(model, eval_data, config.device, config.seed))
-            row["R@1"] = metrics["R@1"]
-        elif (epoch + 1) % config.eval_every == 0:
-            row["R@1"] = ctx.from_main(lambda: _recall_at_1(model, eval_data, config.device))
-        history["epochs"].append(row)
-        if out is not None:
-            rng_ranks = ctx.all_objects(torch.get_rng_state()) if ctx.is_distributed else None
-            state = {"model": model.state_dict(), "proxies": None if proxies is None else proxies.detach(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1,
-                     "hdml": None if hdml is None else hdml.checkpoint(), "config": config.to_dict()}
-            if rng_ranks is not None:
-                state["rng_ranks"] = rng_ranks
-            if amp.scaler is not None:
-                state["scaler"] = amp.state_dict()
-            if ctx.is_main:
-                _save_atomic(state, out / "checkpoint.pt")
 
-    if metrics is None:  # resumed from a checkpoint that had every epoch
-        metrics = ctx.from_main(lambda: evaluate_model(model, eval_data, config.device, config.seed))
+def _resume(run: _Run) -> int:
+    """Load `out/checkpoint.pt` when there is one; the epoch to go on from (0 without one)."""
+    ckpt = run.out / "checkpoint.pt"
+    if not ckpt.exists():
+        return 0
+    config, ctx = run.config, run.ctx
+    state = torch.load(ckpt, map_location=config.device, weights_only=True)
+    _check_resumable(state["config"], config, state["epoch"], ckpt)
+    run.model.load_state_dict(state["model"])
+    if run.proxies is not None:
+        run.proxies.data.copy_(state["proxies"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.hdml is not None:
+        run.hdml.load_checkpoint(state["hdml"])
+    run.precision.load_state_dict(state.get("scaler"))
+    ranks = state.get("rng_ranks") or []
+    torch.set_rng_state((ranks[ctx.rank] if len(ranks) == ctx.world_size else state["rng"]).cpu())
+    run.history = state["history"]
+    return state["epoch"]
+
+
+def _enter_epoch(run: _Run, epoch: int) -> None:
+    """Train mode; during warm-up the backbone is frozen (statistics included); DDP rewrapped when that changes."""
+    frozen = epoch < run.config.warmup_epochs
+    run.model.train()
+    for p in run.model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        run.model.backbone.eval()
+    if run.ctx.is_distributed and frozen != run.wrapped_frozen:  # DDP syncs the parameters trainable now
+        run.net, run.wrapped_frozen = None, frozen
+        run.net = distributed.wrap(run.trainable, run.config.device)
+    run.batches.set_epoch(epoch)
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
+    """Every batch of one epoch through `train_step` (HDML: `HDML.train_step`); the epoch's history row."""
+    config = run.config
+    _enter_epoch(run, epoch)
+    t0, first = time.perf_counter(), len(run.history["steps"])
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and run.ctx.is_main),
+               leave=False)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(config.device), y.to(config.device)
+        record = {"epoch": epoch + 1}
+        inspect = partial(_after_backward, run, record, epoch, step)
+        if run.hdml is None:
+            train_step(run.net, x, y, run.loss_of, run.optimizer, run.precision, inspect)
+        else:
+            record.update(run.hdml.train_step(run.model, x, y, run.optimizer, run.metric_params, inspect)[1])
+        run.history["steps"].append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+    steps = run.history["steps"][first:]
+    row = {"epoch": epoch + 1, "loss": float(np.mean([s["loss"] for s in steps])),
+           "seconds": time.perf_counter() - t0,
+           "lr": [g["lr"] for g in run.optimizer.param_groups]}  # the rates this epoch trained with
+    run.scheduler.step()
+    for key in ("grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
+        row[key] = float(np.mean([s[key] for s in steps]))
+    return row
+
+
+def _after_backward(run: _Run, record: dict, epoch: int, step: int, emb: torch.Tensor, loss: torch.Tensor) -> None:
+    """Between the gradients and the update: stop on a non-finite loss, log the gradient norms, clip."""
+    ctx, proxies, model = run.ctx, run.proxies, run.model
+    if not ctx.is_distributed:  # processes check on the batch's loss, after averaging it
+        _check_finite(loss.item(), epoch, step, run.out)
+    scale = run.precision.unscale(run.optimizer)
+    # over processes: the batch's loss; each process's embedding gradients are world_size times
+    # one process's (its loss is a mean over its slice, or the gathered batch's loss on every process)
+    loss_value, grad_embeddings = ctx.mean(
+        [loss.item(), float(emb.grad.norm(dim=1).mean()) / (scale * ctx.world_size)], run.config.device)
     if ctx.is_distributed:
-        distributed.revert_sync_batchnorm(model)
-    result = FitResult(model, proxies, history, metrics, config)
+        _check_finite(loss_value, epoch, step, run.out)
+    record.update({"loss": loss_value, "grad_embeddings": grad_embeddings,
+                   "grad_embedding_layer": _grad_norm(model.embedding.parameters()),
+                   "grad_backbone": _grad_norm(model.backbone.parameters()),
+                   "grad_proxies": _grad_norm([proxies]) if proxies is not None else 0.0})
+    if run.config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.metric_params, run.config.grad_clip)
+
+
+def _evaluate(run: _Run, epoch: int, row: dict) -> dict | None:
+    """After the last epoch every metric (returned); every `eval_every` epochs R@1 only, into `row`."""
+    config, model, data = run.config, run.model, run.eval_data
+    if epoch + 1 == config.epochs:  # the final evaluation gives the last epoch's R@1
+        metrics = run.ctx.from_main(lambda: evaluate_model(model, data, config.device, config.seed))
+        row["R@1"] = metrics["R@1"]
+        return metrics
+    if (epoch + 1) % config.eval_every == 0:
+        row["R@1"] = run.ctx.from_main(lambda: _recall_at_1(model, data, config.device))
+    return None
+
+
+def _save(run: _Run, epoch: int) -> None:
+    """`out/checkpoint.pt` after each epoch: everything a bit-identical resume needs (rank 0 writes it)."""
+    if run.out is None:
+        return
+    ctx, proxies = run.ctx, run.proxies
+    rng_ranks = ctx.all_objects(torch.get_rng_state()) if ctx.is_distributed else None
+    state = {"model": run.model.state_dict(), "proxies": None if proxies is None else proxies.detach(),
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "rng": torch.get_rng_state(), "history": run.history, "epoch": epoch + 1,
+             "hdml": None if run.hdml is None else run.hdml.checkpoint(), "config": run.config.to_dict()}
+    if rng_ranks is not None:
+        state["rng_ranks"] = rng_ranks
+    if run.precision.scaler is not None:
+        state["scaler"] = run.precision.state_dict()
+    if ctx.is_main:
+        _save_atomic(state, run.out / "checkpoint.pt")
+
+
+def _finish(run: _Run, metrics: dict, started: float) -> FitResult:
+    """Undo the distributed set-up; write history.json and metrics.json (rank 0); the result."""
+    ctx, out = run.ctx, run.out
+    if ctx.is_distributed:
+        distributed.revert_sync_batchnorm(run.model)
     if out is not None and ctx.is_main:
-        metrics_out = {**metrics, "config": config.to_dict(), "seconds": time.perf_counter() - started}
-        _write_json(history, out / "history.json")
-        _write_json(metrics_out, out / "metrics.json")
+        _write_json(run.history, out / "history.json")
+        _write_json({**metrics, "config": run.config.to_dict(), "seconds": time.perf_counter() - started},
+                    out / "metrics.json")
     ctx.barrier()  # the files are there before any process goes on
-    return result
+    return FitResult(run.model, run.proxies, run.history, metrics, run.config)
 
 
 def untrained_metrics(config: Config, data: RetrievalData | None = None) -> dict:
