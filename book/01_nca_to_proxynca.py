@@ -78,6 +78,7 @@ out_dir = "build"
 solutions = False
 
 # %%
+import inspect
 import json
 import math
 
@@ -85,6 +86,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from pnca_utils import analysis, losses
 from pnca_utils.chapter import workspace
@@ -92,7 +94,8 @@ from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import embedding_scatter, training_curves, tsne_panels
 from pnca_utils.runs import cached_fit
-from pnca_utils.training import build, embed, untrained_metrics
+from pnca_utils.step import train_step
+from pnca_utils.training import build, embed, make_optimizer, untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size)
 tsne_classes, tsne_per_class = 12, 20  # the t-SNE maps show 12 test classes, 20 images each
@@ -218,6 +221,71 @@ print(differ.to_string())
 if size == "ci":
     print("\nsize='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
+
+# %% [markdown]
+# ## One training step
+#
+# Before `fit` runs hundreds of them, here is one step, as the library writes it. `train_step`
+# (in `pnca_utils/step.py`) is the whole of the learning; everything else in `fit` is bookkeeping
+# around it (epochs, evaluation, checkpoints, logging, several processes, mixed precision).
+
+# %%
+print(inspect.getsource(train_step))
+
+# %% [markdown]
+# Read it line by line:
+#
+# 1. `net(images)`: the CNN's feature maps, pooled to one vector per image, then the linear
+#    embedding layer: a batch of `D`-dimensional embeddings. `precision` is mixed precision on a
+#    GPU; by default (`FLOAT32`) its calls are the plain ones, and the `.float()` changes nothing.
+# 2. `retain_grad`: only so that the history can record how large ∂loss/∂embedding was.
+# 3. `loss_of(embeddings, labels)`: for ProxyNCA, `losses.proxy_nca_loss` with the proxies and the
+#    temperature. It normalises embeddings and proxies and takes the softmax of the section above.
+# 4. `zero_grad`, then `backward`: PyTorch's gradients accumulate, so the last step's are cleared
+#    before this batch's are computed, for every parameter the loss touched: the backbone, the
+#    embedding layer *and every proxy*.
+# 5. `optimizer.step()`: Adam updates each parameter group at its own learning rate. The proxies are
+#    a group of their own, which is how ProxyNCA++ later makes them move faster (chapter 05).
+#
+# The next cell builds the ProxyNCA network, its proxies and its optimiser as `fit` does, runs this
+# step on one batch, and measures what moved.
+
+# %%
+model, proxies = build(proxynca_config, data.num_channels, data.num_train_classes)
+optimizer = make_optimizer(proxynca_config, model, proxies)
+for group in optimizer.param_groups:
+    print(f"parameter group {group['name']:9s}: {sum(p.numel() for p in group['params']):7d} numbers, "
+          f"learning rate {group['lr']:g}")
+images, labels = next(iter(DataLoader(data.train, batch_size=proxynca_config.batch_size, shuffle=True,
+                                      generator=torch.Generator().manual_seed(seed))))
+backbone_before = torch.cat([p.detach().flatten() for p in model.backbone.parameters()])
+proxies_before = proxies.detach().clone()
+
+
+def loss_of(embeddings, labels):
+    return losses.proxy_nca_loss(embeddings, labels, proxies, proxynca_config.temperature,
+                                 proxynca_config.positive_in_denominator)
+
+
+model.train()
+embeddings, loss = train_step(model, images, labels, loss_of, optimizer)
+backbone_after = torch.cat([p.detach().flatten() for p in model.backbone.parameters()])
+moved = (proxies.detach() - proxies_before).norm(dim=1) > 0
+in_batch = torch.zeros(len(proxies), dtype=torch.bool)
+in_batch[labels.unique()] = True
+print(f"\nbatch: {len(images)} images of {int(in_batch.sum())} of the {len(proxies)} training classes; "
+      f"embeddings {tuple(embeddings.shape)}; loss {loss.item():.3f}")
+print(f"backbone: relative change {float((backbone_after - backbone_before).norm() / backbone_before.norm()):.2e}")
+print(f"proxies moved: {int(moved[in_batch].sum())} of the {int(in_batch.sum())} classes in the batch, "
+      f"{int(moved[~in_batch].sum())} of the {int((~in_batch).sum())} classes not in it")
+if bool(moved[~in_batch].all()):
+    print("Every proxy of a class absent from the batch moved too.")
+
+# %% [markdown]
+# Why the proxies of absent classes move: each proxy sits in the denominator of the softmax of every
+# image of another class, so each batch pushes every proxy away from its images of other classes,
+# and pulls its own classes' proxies towards their images. That is the sense in which a proxy loss
+# sees every class at every step, where a loss over pairs only sees the classes the batch holds.
 
 # %%
 untrained = untrained_metrics(proxynca_config, data)

@@ -95,7 +95,7 @@ def _loss(config: Config, emb: torch.Tensor, labels: torch.Tensor, proxies: torc
     return losses.npair_loss_from_batch(emb, labels)
 
 
-def _optimizer(config: Config, model: EmbeddingNet, proxies: torch.Tensor | None) -> torch.optim.Adam:
+def make_optimizer(config: Config, model: EmbeddingNet, proxies: torch.Tensor | None) -> torch.optim.Adam:
     """Adam with three parameter groups: backbone, embedding layer, proxies (their own, fast, lr)."""
     groups = [{"params": list(model.backbone.parameters()), "lr": config.lr, "name": "backbone"},
               {"params": list(model.embedding.parameters()), "lr": config.embedding_lr or config.lr, "name": "embedding"}]
@@ -283,7 +283,7 @@ def _start(config: Config, data: RetrievalData | None, out_dir: str | Path | Non
             torch.manual_seed(config.seed + 1_000_003 * ctx.rank)
         distributed.convert_sync_batchnorm(model, config.device)  # batch statistics of the whole batch
         trainable = distributed.Trainable(model, proxies)
-    optimizer = _optimizer(config, model, proxies)
+    optimizer = make_optimizer(config, model, proxies)
     scheduler = _scheduler(config, optimizer)
     # HDML: generator, classifier, their optimisers and J_avg; the metric optimiser stays the one above
     hdml = HDML.from_config(config, model, train_data.num_train_classes) if config.method.startswith("hdml-") else None
