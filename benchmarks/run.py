@@ -161,11 +161,11 @@ class Measure:
 def child_ours_recall(args: dict) -> dict:
     import torch
 
-    from pnca_utils import metrics
+    from pnca_utils import knn, metrics
 
     x, y = np.load(args["x"]), np.load(args["y"])
     metrics.recall_at_k(x[:300], y[:300], args["ks"])  # warm-up: imports, thread pool, BLAS
-    recounted, band_ranks, exact_ranks = {"band": 0, "whole_rows": 0}, metrics._band_ranks, metrics._exact_ranks
+    recounted, band_ranks, exact_ranks = {"band": 0, "whole_rows": 0}, knn._band_ranks, knn._exact_ranks
 
     def from_band(s, qs, gs, positions, sure, band):  # how many queries the float32 bounds left open
         recounted["band"] += len(positions)
@@ -176,7 +176,7 @@ def child_ours_recall(args: dict) -> dict:
         recounted["whole_rows"] += len(s.queries) if rows is None else len(rows)
         return exact_ranks(s, chunk_rows, rows, g_sq)
 
-    metrics._band_ranks, metrics._exact_ranks = from_band, from_rows
+    knn._band_ranks, knn._exact_ranks = from_band, from_rows
     with Measure() as m:
         recall = metrics.recall_at_k(x, y, args["ks"])
     return m.record(recall={str(k): v for k, v in recall.items()}, threads=torch.get_num_threads(),
@@ -189,15 +189,15 @@ def child_recall_floor(args: dict) -> dict:
     [q, |q|^2, 1] . [-2g, 1, |g|^2]^T, with the blocks `recall_at_k` uses. Its time is a floor for ours."""
     import torch
 
-    from pnca_utils import metrics
+    from pnca_utils import knn
 
     x = torch.from_numpy(np.load(args["x"]))
-    block = math.isqrt(metrics._FAST_BLOCK_BYTES // 4)
-    sq, everything = metrics._sq_norms(x), torch.arange(len(x))
-    q, g = (metrics._augmented(x, everything, sq, torch.float32, query) for query in (True, False))
+    block = math.isqrt(knn._FAST_BLOCK_BYTES // 4)
+    sq, everything = knn._sq_norms(x), torch.arange(len(x))
+    q, g = (knn._augmented(x, everything, sq, torch.float32, query) for query in (True, False))
     buffer = torch.empty(block * block)
-    tiles = metrics._tiles(len(x), block)
-    parts = [(rows, columns) for _, _, rows, columns, _ in metrics._schedule(tiles, tiles, leave_one_out=True)]
+    tiles = knn._tiles(len(x), block)
+    parts = [(rows, columns) for _, _, rows, columns, _ in knn._schedule(tiles, tiles, leave_one_out=True)]
 
     def product(rows, columns):
         a, c = q[rows[0]:rows[1]], g[columns[0]:columns[1]]
@@ -392,7 +392,7 @@ def check_against_faiss(x: np.ndarray, y: np.ndarray, faiss_ranks: np.ndarray, k
     """
     import torch
 
-    from pnca_utils import metrics
+    from pnca_utils import knn, metrics
 
     s = metrics._search(x, y, None, None)
     exact_needed = any(round(ours[str(k)] * len(y)) != int((faiss_ranks < k).sum()) for k in ks)
@@ -408,7 +408,7 @@ def check_against_faiss(x: np.ndarray, y: np.ndarray, faiss_ranks: np.ndarray, k
         differ |= (ranks < k) != (faiss_ranks < k)
     queries = np.flatnonzero(differ)
     result["queries_disagreeing"] = len(queries)
-    kappa = 2 * metrics._error_factor(x.shape[1], torch.float32)  # faiss's float32 rounding, with room
+    kappa = 2 * knn._error_factor(x.shape[1], torch.float32)  # faiss's float32 rounding, with room
     x64 = x.astype(np.float64)
     sq = (x64 ** 2).sum(1)
     for q in queries:
@@ -422,7 +422,7 @@ def check_against_faiss(x: np.ndarray, y: np.ndarray, faiss_ranks: np.ndarray, k
         mine = min(ranks[q], max(ks))
         assert abs(mine - int(faiss_ranks[q])) <= near.sum(), (
             f"query {q}: our rank {mine}, faiss's {faiss_ranks[q]}, only {near.sum()} near-ties between them")
-        exact = min(float(metrics._exact_ranks(s, 1, torch.tensor([q]))[0]), max(ks))
+        exact = min(float(knn._exact_ranks(s, 1, torch.tensor([q]))[0]), max(ks))
         assert all((mine < k) == (exact < k) for k in ks), f"query {q}: our rank {mine}, float64 rank {exact}"
         result["explained_by_near_ties"] += 1
     return result

@@ -99,6 +99,7 @@ out_dir = "build"
 solutions = False
 
 # %%
+import inspect
 import json
 import textwrap
 
@@ -106,7 +107,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pnca_utils import metrics
+from pnca_utils import metrics, metrics_reference
 from pnca_utils.chapter import workspace
 from pnca_utils.config import SIZE_PRESETS
 from pnca_utils.data.base import split_classes
@@ -156,10 +157,21 @@ plt.show()
 # $\frac{1}{2}$. MAP@R takes the precision at the rank of each match, $P(2) = \frac{1}{2}$, and
 # divides by $R$: $\frac{1}{2} \cdot \frac{1}{2} = \frac{1}{4}$. The match came late, so MAP@R is lower.
 #
-# The table below does the same for every query with `pnca_utils.metrics`: each query is searched
-# among the six other points (passed as the query set and the gallery). Below it, compare the mean
-# of each column with `metrics.evaluate`, the leave-one-out evaluation of all seven points at once,
-# which is what every later chapter reports.
+# In code, the three retrieval metrics are a distance matrix, a sort and a count. That is all of
+# `pnca_utils.metrics_reference`, written to be read:
+
+# %%
+for function in (metrics_reference.ranked_matches, metrics_reference.recall_at_k, metrics_reference.map_at_r,
+                 metrics_reference.r_precision):
+    print(inspect.getsource(function))
+
+# %% [markdown]
+# The table below applies these functions to every query: each query is searched among the six
+# other points (passed as the query set and the gallery). Below it, compare the mean of each column
+# with `metrics.evaluate`, the leave-one-out evaluation of all seven points at once, which every later
+# chapter reports. `metrics` computes the same numbers as `metrics_reference` without building the
+# whole distance matrix, so that it scales to the 60,502 images of Stanford Online Products (its
+# engine, `pnca_utils.knn`, explains how); the tests check the two against each other.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -169,15 +181,15 @@ for i, name in enumerate(names):
     others = np.arange(len(points)) != i
     ranked = sorted(np.flatnonzero(others), key=lambda j: squared[i, j])
     query = dict(query_embeddings=points[i:i + 1], query_labels=labels[i:i + 1])
-    recall = metrics.recall_at_k(points[others], labels[others], [1, 2], **query)
+    recall = metrics_reference.recall_at_k(points[others], labels[others], [1, 2], **query)
     rows.append({
         "query": name,
         "class": class_names[labels[i]],
         "nearest (squared distance)": ", ".join(f"{names[j]} ({squared[i, j]})" for j in ranked[:3]),
         "R@1": recall[1],
         "R@2": recall[2],
-        "AP@R": metrics.map_at_r(points[others], labels[others], **query),
-        "RP": metrics.r_precision(points[others], labels[others], **query),
+        "AP@R": metrics_reference.map_at_r(points[others], labels[others], **query),
+        "RP": metrics_reference.r_precision(points[others], labels[others], **query),
     })
 table = pd.DataFrame(rows).set_index("query")
 worked = metrics.evaluate(points, labels, ks=[1, 2], seed=seed)

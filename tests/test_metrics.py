@@ -10,7 +10,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from pnca_utils import metrics
+from pnca_utils import knn, metrics, metrics_reference
 from pnca_utils.metrics import evaluate, f1_clustering, map_at_r, nmi, r_precision, recall_at_k
 
 KS = (1, 2, 4, 8)
@@ -82,9 +82,13 @@ IDS = ["gauss0", "gauss1", "lattice2", "lattice3"]
 
 
 def assert_metrics_equal_naive(x, y, qx=None, qy=None, **kw):
+    """The fast metrics and the readable ones (metrics_reference) both equal the pure-Python loops above."""
+    want_recall, (want_map, want_rp) = naive_recall(x, y, KS, qx, qy), naive_map_r_and_rp(x, y, qx, qy)
+    assert metrics_reference.recall_at_k(x, y, KS, qx, qy) == pytest.approx(want_recall, abs=1e-12)
+    assert metrics_reference.map_at_r(x, y, qx, qy) == pytest.approx(want_map, abs=1e-12, nan_ok=True)
+    assert metrics_reference.r_precision(x, y, qx, qy) == pytest.approx(want_rp, abs=1e-12, nan_ok=True)
     got = recall_at_k(x, y, KS, qx, qy, **kw)
-    assert got == pytest.approx(naive_recall(x, y, KS, qx, qy), abs=1e-12)
-    want_map, want_rp = naive_map_r_and_rp(x, y, qx, qy)
+    assert got == pytest.approx(want_recall, abs=1e-12)
     assert map_at_r(x, y, qx, qy, **kw) == pytest.approx(want_map, abs=1e-12)
     assert r_precision(x, y, qx, qy, **kw) == pytest.approx(want_rp, abs=1e-12)
 
@@ -187,7 +191,7 @@ def test_query_class_missing_from_gallery_is_a_miss():
 
 # ------------------------------------------------------------------------ fast ranks against float64 ranks
 # recall_at_k counts in float32 with a bound on its rounding and recomputes in float64 the queries the bound
-# leaves open (metrics._first_match_ranks); metrics._exact_ranks is the float64 definition it must reproduce.
+# leaves open (knn._first_match_ranks); knn._exact_ranks is the float64 definition it must reproduce.
 def near_ties(seed, n=300, dim=16, classes=40):
     """Unit vectors in tight clusters, and copies of some items nudged by a few float32 ulps: distances that
     float32 cannot order but float64 can."""
@@ -216,7 +220,7 @@ FAST_DATA = [continuous(20, dim=8), lattice(21, n=120), near_ties(22), near_ties
 FAST_IDS = ["gauss", "lattice", "near-ties", "near-ties-64d", "mixed-norms"]
 
 
-class TorchHost(metrics._Host):
+class TorchHost(knn._Host):
     """The counting pass's element-wise steps as they run on a GPU (in torch), here on the CPU."""
 
     def __init__(self, device):
@@ -232,15 +236,15 @@ def recount(request, monkeypatch):
     list of how many queries each recount took."""
     calls = []
     if request.param == "gathered-rows":
-        monkeypatch.setattr(metrics, "_COPY_BYTES", 0)
+        monkeypatch.setattr(knn, "_COPY_BYTES", 0)
     if request.param == "whole-rows":
-        monkeypatch.setattr(metrics, "_BAND_PAIRS", 0)
+        monkeypatch.setattr(knn, "_BAND_PAIRS", 0)
         spied = "_exact_ranks"
     else:
         spied = "_band_ranks"
     if request.param == "torch-host":
-        monkeypatch.setattr(metrics, "_Host", TorchHost)
-    real = getattr(metrics, spied)
+        monkeypatch.setattr(knn, "_Host", TorchHost)
+    real = getattr(knn, spied)
 
     def spy(s, *args):
         queries = args[2] if spied == "_band_ranks" else args[1] if len(args) > 1 else None  # None: every query
@@ -248,7 +252,7 @@ def recount(request, monkeypatch):
             calls.append(len(queries))
         return real(s, *args)
 
-    monkeypatch.setattr(metrics, spied, spy)
+    monkeypatch.setattr(knn, spied, spy)
     return calls
 
 
@@ -256,14 +260,14 @@ def recount(request, monkeypatch):
 @pytest.mark.parametrize("query_gallery", [False, True], ids=["leave-one-out", "query-gallery"])
 def test_fast_ranks_decide_every_k_as_float64(x, y, query_gallery, recount):
     s = metrics._search(*(split(x, y, len(x) // 3) if query_gallery else (x, y, None, None)))
-    exact = metrics._exact_ranks(s, 64)
+    exact = knn._exact_ranks(s, 64)
     small = len(x) <= 120
     for chunk in (None, 50) + ((8,) if small else ()):  # small blocks split classes and cut the triangle
         # every K at once: the returned ranks must be the float64 ranks themselves
-        assert torch.equal(metrics._first_match_ranks(s, chunk, list(range(1, len(s.gallery) + 1))), exact)
+        assert torch.equal(knn._first_match_ranks(s, chunk, list(range(1, len(s.gallery) + 1))), exact)
         # a few K: each must be decided as the float64 ranks decide it (elsewhere a lower bound is returned)
         for ks in [(1,), (1, 2, 5), (3, 10, 30)]:
-            fast = metrics._first_match_ranks(s, chunk, list(ks))
+            fast = knn._first_match_ranks(s, chunk, list(ks))
             for k in ks:
                 assert torch.equal(fast < k, exact < k), (chunk, ks, k)
     if x is FAST_DATA[2][0]:  # near ties: float32 leaves some queries open, so the recount above was exercised
@@ -271,13 +275,13 @@ def test_fast_ranks_decide_every_k_as_float64(x, y, query_gallery, recount):
 
 
 def test_tiles_cover_the_range_with_widths_in_multiples_of_8():
-    assert metrics._tiles(0, 16) == []
-    assert metrics._tiles(5, 16) == [(0, 5)]
-    assert metrics._tiles(16, 16) == [(0, 16)]
-    assert metrics._tiles(45, 16) == [(0, 16), (16, 32), (32, 40), (40, 45)]
-    assert metrics._tiles(41, 16) == [(0, 16), (16, 32), (32, 40), (40, 41)]
-    assert metrics._tiles(20, 50) == [(0, 16), (16, 20)]
-    tiles = metrics._tiles(60502, 2048)
+    assert knn._tiles(0, 16) == []
+    assert knn._tiles(5, 16) == [(0, 5)]
+    assert knn._tiles(16, 16) == [(0, 16)]
+    assert knn._tiles(45, 16) == [(0, 16), (16, 32), (32, 40), (40, 45)]
+    assert knn._tiles(41, 16) == [(0, 16), (16, 32), (32, 40), (40, 41)]
+    assert knn._tiles(20, 50) == [(0, 16), (16, 20)]
+    tiles = knn._tiles(60502, 2048)
     assert tiles[0] == (0, 2048) and tiles[-1][1] == 60502 and all(a[1] == b[0] for a, b in zip(tiles, tiles[1:]))
     assert all((b - a) % 8 == 0 for a, b in tiles[:-1]) and tiles[-1][1] - tiles[-1][0] < 8
 
@@ -287,11 +291,11 @@ def test_tiles_cover_the_range_with_widths_in_multiples_of_8():
 def test_schedule_counts_every_ordered_pair_once(n, size, leave_one_out):
     """Each (query, item) pair is counted once: for the query's row of a block, or for its column when the
     block is counted both ways (the same pair seen from the item's side in leave-one-out)."""
-    q_tiles = metrics._tiles(n, size)
-    g_tiles = q_tiles if leave_one_out else metrics._tiles(n + 7, size)
+    q_tiles = knn._tiles(n, size)
+    g_tiles = q_tiles if leave_one_out else knn._tiles(n + 7, size)
     counted = np.zeros((n, n if leave_one_out else n + 7), int)
     computed = 0
-    for i, j, (r0, r1), (c0, c1), both in metrics._schedule(q_tiles, g_tiles, leave_one_out):
+    for i, j, (r0, r1), (c0, c1), both in knn._schedule(q_tiles, g_tiles, leave_one_out):
         assert q_tiles[i][0] <= r0 < r1 <= q_tiles[i][1] and g_tiles[j][0] <= c0 < c1 <= g_tiles[j][1]
         computed += (r1 - r0) * (c1 - c0)
         for r in range(r0, r1):
@@ -308,10 +312,10 @@ def test_schedule_counts_every_ordered_pair_once(n, size, leave_one_out):
 def test_squared_norms_are_exact_float64_sums():
     rng = np.random.default_rng(26)  # multiples of 1/64 below 16: every partial sum is exact in float64
     x = torch.from_numpy((rng.integers(-1000, 1000, size=(70, 40)) / 64).astype(np.float32))
-    for rows_bytes in (metrics._EXACT_BYTES, 2 * 8 * 40 * 3):  # one slice, and slices of 3 rows
+    for rows_bytes in (knn._EXACT_BYTES, 2 * 8 * 40 * 3):  # one slice, and slices of 3 rows
         with pytest.MonkeyPatch.context() as m:
-            m.setattr(metrics, "_EXACT_BYTES", rows_bytes)
-            got = metrics._sq_norms(x)
+            m.setattr(knn, "_EXACT_BYTES", rows_bytes)
+            got = knn._sq_norms(x)
         assert torch.equal(got, torch.tensor([math.fsum(float(v) ** 2 for v in row) for row in x], dtype=torch.float64))
 
 
@@ -321,17 +325,17 @@ def test_fast_ranks_in_float64_when_float32_products_are_not_ieee():
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")  # may allow TF32 or bfloat16 products: float32 bounds fail
-        assert metrics._fast_dtype(torch.device("cpu"), 1.0) == torch.float64
+        assert knn._fast_dtype(torch.device("cpu"), 1.0) == torch.float64
         assert recall_at_k(x, y, (1, 2, 4)) == want
     finally:
         torch.set_float32_matmul_precision(before)
-    assert metrics._fast_dtype(torch.device("cpu"), 1.0) == torch.float32
-    assert metrics._fast_dtype(torch.device("cpu"), 2.0 ** 120) == torch.float64
+    assert knn._fast_dtype(torch.device("cpu"), 1.0) == torch.float32
+    assert knn._fast_dtype(torch.device("cpu"), 2.0 ** 120) == torch.float64
 
 
 def test_partition_keeps_classes_whole_unless_too_large():
     labels = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 3, 3, 3, 4])
-    blocks = metrics._partition(labels, 4)
+    blocks = knn._partition(labels, 4)
     assert blocks[0] == (0, 4) and blocks[1] == (4, 6)  # class 2 would straddle 4: the block ends before it
     assert blocks[2:] == [(6, 10), (10, 14)]  # class 3 (7 items) is split
     assert blocks[-1][1] == len(labels) and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
