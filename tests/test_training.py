@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pnca_utils import training
-from pnca_utils.config import ConfigError, make_config
+from pnca_utils.config import METHOD_PRESETS, ConfigError, make_config
 from pnca_utils.data.base import ClassSubset, RetrievalData, TensorImageDataset
 from pnca_utils.training import TrainingError, build, evaluate_model, fit, prepare, untrained_metrics
 
@@ -56,17 +56,21 @@ def test_metrics_are_percentages(two_epochs):
     assert metrics["R@1"] <= metrics["R@2"] <= metrics["R@4"] <= metrics["R@8"]
 
 
-def test_short_proxynca_pp_run_beats_the_untrained_network(tiny_data):
-    """64 steps from scratch fit the training classes: R@1 on them rises by 30+ points (measured: ~9 -> ~70).
+@pytest.mark.parametrize("preset", list(METHOD_PRESETS))
+def test_every_method_learns(tiny_data, preset):
+    """64 steps from scratch fit the training classes: R@1 on them rises by 10+ points for every method
+    (measured at seed 0, from 14.1: ProxyNCA++ 70.3, ProxyNCA 100, NCA 31.2, triplet 92.2, N-pair 26.6;
+    HDML equals its base loss here, its synthetic weight being 0 until J_gen's 64-step window is full).
 
     Evaluated on the training images: from scratch, 8 classes teach nothing that carries over to
     unseen classes (zero-shot R@1 stays at chance), and BatchNorm's running statistics need ~60 steps.
     """
     on_train = RetrievalData("tiny-train", tiny_data.train, tiny_data.train, tiny_data.recall_ks)
-    config = tiny_config(epochs=8, batch_size=8, images_per_class=2, eval_every=8)
+    config = make_config(preset, "ci", weights=None, epochs=8, batch_size=8, images_per_class=2, eval_every=8,
+                         lr=4e-3, embedding_dim=16, threads=1)
     before = untrained_metrics(config, on_train)["R@1"]
     after = fit(config, on_train, progress=False).metrics["R@1"]
-    assert after >= before + 30, (before, after)
+    assert after >= before + 10, (before, after)
 
 
 @pytest.mark.parametrize("preset", ["proxynca", "nca", "triplet", "npair"])
