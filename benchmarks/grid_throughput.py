@@ -1,7 +1,7 @@
 """Grid throughput: training runs per hour with 1, 2, ... local worker processes (`--jobs`).
 
 The same small grid (ProxyNCA++ at one size, seeds 0..runs-1, one CPU thread per run, final
-evaluation only) is trained through `pnca_utils.parallel.execute` once per worker count, with the
+evaluation only) is trained through `pnca_utils.experiments.parallel.execute` once per worker count, with the
 data set loaded once and shipped to the workers. Writes the wall time, runs per hour, the speed-up
 over one worker and the ideal (the worker count) into a JSON file, and checks that every worker
 count gave the same metrics for every run.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.parallel import Task, execute
-from pnca_utils.provenance import record
+from pnca_utils.experiments.parallel import Task, execute
+from pnca_utils.experiments.provenance import record
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "grid_throughput.json"
 

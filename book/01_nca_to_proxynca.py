@@ -93,7 +93,7 @@ from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import embedding_scatter, training_curves, tsne_panels
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.step import train_step
 from pnca_utils.training import build, embed, make_optimizer, untrained_metrics
 

@@ -82,7 +82,7 @@ from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import curves, sweep, tsne_panels
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import embed, untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)

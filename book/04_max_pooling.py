@@ -73,7 +73,7 @@ from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.data.embedded import digit_boxes, load_arrays
 from pnca_utils.plots import activation_overlays
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import build, embed, evaluate_model, untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)

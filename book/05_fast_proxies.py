@@ -79,7 +79,7 @@ from pnca_utils.chapter import workspace
 from pnca_utils.config import DATA_PRESETS, Config, make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import curves, step_overlay, sweep
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import build, embed, untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)

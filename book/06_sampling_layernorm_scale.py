@@ -48,14 +48,14 @@ import torch
 import torch.nn.functional as F
 
 from pnca_utils import analysis, paper
-from pnca_utils.ablation import smaller_image_size
+from pnca_utils.experiments.ablation import smaller_image_size
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.data.base import RetrievalData, TensorImageDataset
 from pnca_utils.plots import delta_bars, histograms, image_rows
 from pnca_utils.pretrain import PRETRAIN
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.samplers import make_batch_sampler
 from pnca_utils.training import build, evaluate_model
 

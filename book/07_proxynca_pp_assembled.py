@@ -44,7 +44,7 @@
 # $$\mathcal{L}_{\text{ProxyNCA++}} = -\log \frac{\exp\!\big(-\lVert x - p_y \rVert^2 / T\big)}
 # {\sum_{z} \exp\!\big(-\lVert x - p_z \rVert^2 / T\big)}, \qquad T = \tfrac{1}{9}.$$
 #
-# `pnca_utils.ablation` names these components and builds every variant of the paper's ablation
+# `pnca_utils.experiments.ablation` names these components and builds every variant of the paper's ablation
 # from the full config; `python -m pnca_utils ablate` (and `make reproduce`) trains them all for
 # several seeds and writes `runs.csv`, `ablation.csv` and `ablation.md`.
 
@@ -68,11 +68,12 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from pnca_utils import ablation, analysis, gallery, paper
+from pnca_utils import analysis, gallery, paper
+from pnca_utils.experiments import ablation
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import embed, untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size)

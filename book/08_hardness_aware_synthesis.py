@@ -73,13 +73,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pnca_utils import ablation, analysis, hdml, paper
+from pnca_utils import analysis, hdml, paper
+from pnca_utils.experiments import ablation
 from pnca_utils.book import BOOK_DIR
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.plots import hardening_picture, step_curves, tsne_panels
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)

@@ -67,14 +67,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pnca_utils import reproduction
-from pnca_utils.ablation import proxynca_grid
+from pnca_utils.experiments import reproduction
+from pnca_utils.experiments.ablation import proxynca_grid
 from pnca_utils.analysis import metrics_table
 from pnca_utils.chapter import workspace
 from pnca_utils.config import DATA_PRESETS, PAPER_DIMS, PAPER_SIZE, RECALL_KS, make_config
 from pnca_utils.data.real import LAYOUTS
 from pnca_utils.plots import show_gallery, training_curves
-from pnca_utils.runs import cached_fit
+from pnca_utils.experiments.runs import cached_fit
 
 figures, results, runs_root, _ = workspace(out_dir, size, epochs, device=device)
 results_root = Path(results_dir) if results_dir else reproduction.default_results_dir()  # where the CLI writes

@@ -8,7 +8,7 @@ from typing import NamedTuple
 class Workspace(NamedTuple):
     figures: Path  # <out_dir>/figures, every figure the chapter saves
     results: Path  # <out_dir>/results, the chapter's NN.json
-    runs: Path  # <out_dir>/runs, the run cache shared by the chapters (pnca_utils.runs)
+    runs: Path  # <out_dir>/runs, the run cache shared by the chapters (pnca_utils.experiments.runs)
     overrides: dict  # config values every run of the chapter takes from its parameters
 
 

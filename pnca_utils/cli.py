@@ -12,7 +12,7 @@ from . import __version__
 from .config import (DATASETS, METHOD_PRESETS, PAPER_SIZE, SIZE_PRESETS, Config, ConfigError, make_config,
                      parse_overrides)
 from .data import DataError, load_data
-from .parallel import SCHEDULER_ENV, RunsFailed
+from .experiments.parallel import SCHEDULER_ENV, RunsFailed
 from .training import TrainingError
 
 
@@ -45,7 +45,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _grid_options(p: argparse.ArgumentParser) -> None:
-    """Where a grid's runs train: local processes or a Dask scheduler (see pnca_utils.parallel)."""
+    """Where a grid's runs train: local processes or a Dask scheduler (see pnca_utils.experiments.parallel)."""
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many runs at once in local processes (each on --threads threads)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -113,8 +113,8 @@ def _train(args) -> dict:
 
 
 def _tune(args) -> dict:
-    from .provenance import record
-    from .tuning import grid_search, parse_grid, to_markdown
+    from .experiments.provenance import record
+    from .experiments.tuning import grid_search, parse_grid, to_markdown
 
     summary = grid_search(args.preset, args.size, parse_grid(args.grid), args.seeds, out=args.out,
                           progress=not args.quiet, jobs=args.jobs, scheduler=args.scheduler, **_overrides(args))
@@ -125,7 +125,7 @@ def _tune(args) -> dict:
 
 
 def _ablate(args) -> dict:
-    from .ablation import grid, run_grid, select, write_summary
+    from .experiments.ablation import grid, run_grid, select, write_summary
 
     variants = select(grid(args.grid, args.dataset or "embedded"), args.variant)
     runs = run_grid(variants, args.size, args.seeds, args.out, args.runs, progress=not args.quiet,

@@ -5,11 +5,12 @@ import math
 import pandas as pd
 import pytest
 
-from pnca_utils import ablation, parallel
-from pnca_utils.ablation import (COMPONENTS, Variant, grid, hdml_grid, mean_interval, proxynca_grid, run_grid,
+from pnca_utils.experiments import ablation, parallel
+from pnca_utils.experiments.ablation import (COMPONENTS, Variant, grid, hdml_grid, mean_interval, proxynca_grid, run_grid,
                                  select, smaller_image_size, summarize, to_markdown, write_summary)
 from pnca_utils.cli import main
 from pnca_utils.config import ConfigError, make_config
+from pnca_utils.training import untrained_metrics
 
 T_975_DF2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (tables)
 
@@ -154,6 +155,12 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     assert meta == json.loads((tmp_path / "grid.json").read_text())
     assert (meta["size"], meta["seeds"], meta["epochs"], meta["runs"]) == ("ci", 2, 1, 4)
     assert ablation.read_meta(tmp_path / "no-grid") == {}
+    untrained = pd.read_csv(tmp_path / "untrained.csv").set_index("variant")
+    assert list(untrained.index) == [v.name for v in variants]
+    full = variants[0].config("ci", 0, **{**fixed, "threads": 1, "eval_every": 1})
+    assert untrained.loc["ProxyNCA++", "R@1"] == untrained_metrics(full, tiny_data)["R@1"]
+    # the temperature does not change the untrained network: one evaluation serves both rows
+    assert untrained.loc["− low temperature", "R@1"] == untrained.loc["ProxyNCA++", "R@1"]
 
     table = pd.read_csv(tmp_path / "runs.csv")
     lost = table.iloc[1]

@@ -8,12 +8,12 @@ import time
 import pandas as pd
 import pytest
 
-from pnca_utils import parallel
-from pnca_utils.ablation import proxynca_grid, run_grid, select
+from pnca_utils.experiments import parallel
+from pnca_utils.experiments.ablation import proxynca_grid, run_grid, select
 from pnca_utils.cli import main
 from pnca_utils.config import ConfigError, make_config
-from pnca_utils.parallel import RunsFailed, Task, execute
-from pnca_utils.runs import locked, run_key
+from pnca_utils.experiments.parallel import RunsFailed, Task, execute
+from pnca_utils.experiments.runs import locked, run_key
 
 FIXED = dict(weights=None, epochs=1, batch_size=16, embedding_dim=16, threads=1)
 METRICS = ["R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI", "F1"]

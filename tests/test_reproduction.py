@@ -10,7 +10,7 @@ from pnca_utils.cli import _overrides, parser
 from pnca_utils.config import make_config
 from pnca_utils.data.real import load_folder
 from pnca_utils.paper import PROXYNCA_PP
-from pnca_utils.reproduction import (commands, find_runs, is_paper_method, make_toy_folder, preset_differences,
+from pnca_utils.experiments.reproduction import (commands, find_runs, is_paper_method, make_toy_folder, preset_differences,
                                      results_table, runs_table, table_records)
 
 

@@ -4,7 +4,7 @@ import dataclasses
 import torch
 
 from pnca_utils.config import make_config
-from pnca_utils.runs import cached_fit, is_finished, run_dir, run_key
+from pnca_utils.experiments.runs import cached_fit, is_finished, run_dir, run_key
 
 
 def _config(**changes):

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from pnca_utils import tuning
+from pnca_utils.experiments import tuning
 from pnca_utils.cli import main
 from pnca_utils.config import ConfigError
 
@@ -61,7 +61,7 @@ def test_cli_tune_writes_runs_and_summary(tmp_path):
 
 
 def test_epoch_budget_by_hand():
-    from pnca_utils.tuning import epoch_budget
+    from pnca_utils.experiments.tuning import epoch_budget
 
     curve = [[1, 10], [2, 20], [3, 25], [4, 25.5], [5, 25], [6, 25.9], [7, 25], [8, 25], [9, 25]]
     # after epoch 3 (best 25) the rest peaks at 25.9: +0.9 < 1, and 6 epochs follow
@@ -77,7 +77,7 @@ def test_epoch_budget_by_hand():
 def test_budget_table_reads_every_search(tmp_path):
     import json
 
-    from pnca_utils.tuning import write_budgets
+    from pnca_utils.experiments.tuning import write_budgets
 
     for name, point in (("a", {"lr": 0.5}), ("b", {"proxy_lr": 4.0})):
         (tmp_path / name).mkdir()

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.provenance import record
+from pnca_utils.experiments.provenance import record
 from pnca_utils.training import untrained_metrics
 
 HERE = Path(__file__).resolve().parent

@@ -14,4 +14,4 @@ tune() { name=$1; shift; "$PY" -m pnca_utils tune --size default --quiet --jobs 
   --set weights=auto-multiscale --set image_size=56 "$@"; }
 tune proxynca++-lr --preset proxynca++ --epochs 20 --grid lr=1e-2,2e-2,4e-2 --grid proxy_lr=0.4,4
 tune proxynca-lr --preset proxynca --epochs 40 --grid lr=0.5,1,2
-"$PY" -c "from pnca_utils.tuning import write_budgets; write_budgets('$OUT')"
+"$PY" -c "from pnca_utils.experiments.tuning import write_budgets; write_budgets('$OUT')"

@@ -11,4 +11,4 @@ OUT=results/tuning/curves-64px
 "$PY" -m pnca_utils tune --size default --quiet --jobs "$JOBS" --out "$OUT/proxynca++-lr" \
   --set weights=auto-multiscale --set image_size=64 --preset proxynca++ --epochs 12 --seeds 2 \
   --grid lr=2e-2,4e-2,8e-2 --grid proxy_lr=0.4,4
-"$PY" -c "from pnca_utils.tuning import write_budgets; write_budgets('$OUT')"
+"$PY" -c "from pnca_utils.experiments.tuning import write_budgets; write_budgets('$OUT')"

@@ -19,4 +19,4 @@ tune triplet-40 --preset triplet --epochs 40 --grid lr=1e-1
 tune npair-40 --preset npair --epochs 40 --grid lr=2e-2
 tune hdml-triplet --preset hdml-triplet --epochs 16 --grid lr=1e-1
 tune hdml-npair --preset hdml-npair --epochs 16 --grid lr=2e-2
-"$PY" -c "from pnca_utils.tuning import write_budgets; write_budgets('$OUT')"
+"$PY" -c "from pnca_utils.experiments.tuning import write_budgets; write_budgets('$OUT')"

@@ -12,7 +12,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 
 def _plain(values: dict) -> dict:
@@ -79,7 +79,7 @@ def cached_fit(config: Config, data=None, root: str | Path = "build/runs", progr
     (two grid workers, a grid and a chapter) train it once: the second waits for the first, then
     reloads its finished run. Returns fit's `FitResult`.
     """
-    from .training import fit
+    from ..training import fit
 
     folder = run_dir(config, root)
     with locked(folder):

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import paper
-from .config import Config, ConfigError, make_config
+from .. import paper
+from ..config import Config, ConfigError, make_config
 from .parallel import GRID_THREADS, RunsFailed, Task, execute, write_table
 from .runs import run_key
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results" / "embedded"  # where `make reproduce` writes
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results" / "embedded"  # where `make reproduce` writes
 PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
 GRIDS = ("proxynca++", "hdml")
 SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")
@@ -159,7 +159,7 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
     live in `runs_root` (default `out/runs`), where a finished run is reloaded, not retrained.
     `fixed` config values apply to every run (each run on GRID_THREADS CPU threads unless `fixed`
     says otherwise, so that its numbers do not depend on the machine). `jobs` local processes, or
-    the Dask scheduler at `scheduler`, train the runs (see `pnca_utils.parallel`); the rows are the
+    the Dask scheduler at `scheduler`, train the runs (see `pnca_utils.experiments.parallel`); the rows are the
     same either way.
     A failed run is reported and the grid carries on; at the end `RunsFailed` lists the
     failures (runs.csv keeps the rest). Returns runs.csv as a DataFrame.
@@ -188,9 +188,9 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
                      "key": run_key(task.config)})
         write_table(rows, table)
 
-    write_untrained([(v, c) for v, seed, c in planned if seed == 0], out / "untrained.csv", data)
     failures = execute(tasks, root, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
                        desc="ablation grid", done_before=len(planned) - len(tasks))
+    write_untrained([(v, c) for v, seed, c in planned if seed == 0], out / "untrained.csv", data)
     keys = {run_key(config) for _, _, config in planned}
     order = {run_key(config): i for i, (_, _, config) in enumerate(planned)}
     finished = sorted((r for r in rows if r["key"] in keys), key=lambda r: order[r["key"]])
@@ -211,7 +211,7 @@ def write_untrained(variants: list[tuple[Variant, Config]], path: Path, data=Non
     A row that ends below its untrained network has lost what pretraining gave it, whatever its
     method; this file lets a reader check every row of the grid against where it started.
     """
-    from .training import untrained_metrics
+    from ..training import untrained_metrics
 
     if path.exists():
         table = pd.read_csv(path)

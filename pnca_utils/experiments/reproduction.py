@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import DATA_PRESETS, METHOD_PRESETS, PAPER_SIZE, RECALL_KS, make_config
-from .paper import PROXYNCA_PP
+from ..config import DATA_PRESETS, METHOD_PRESETS, PAPER_SIZE, RECALL_KS, make_config
+from ..paper import PROXYNCA_PP
 
 PAPER_DATASETS: tuple[str, ...] = tuple(DATA_PRESETS)
 # Fields that say where or how a run was executed, not what it learned: never a difference from the preset.
@@ -29,7 +29,7 @@ _METHOD_FIELDS = {k: v for k, v in METHOD_PRESETS["proxynca++"].items() if k != 
 
 def default_results_dir() -> Path:
     """The project's `results/` folder, where the command lines of `commands` write their runs."""
-    return Path(__file__).resolve().parents[1] / "results"
+    return Path(__file__).resolve().parents[2] / "results"
 
 
 @dataclass

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import pandas as pd
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 from .runs import run_key
 
 SCHEDULER_ENV = "PNCA_SCHEDULER"  # a Dask scheduler's address, used when no scheduler is given
@@ -72,7 +72,7 @@ def train_run(config: Config, root: str | None, data=None) -> dict:
     This is what every worker executes; it reads the data itself when `data` is None.
     """
     from .runs import cached_fit
-    from .training import fit
+    from ..training import fit
 
     started = time.perf_counter()
     if root is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ConfigError, make_config, parse_overrides
+from ..config import ConfigError, make_config, parse_overrides
 from .parallel import GRID_THREADS, RunsFailed, Task, execute, write_table
 
 
@@ -30,7 +30,7 @@ def grid_search(preset: str, size: str, grid: dict[str, list], seeds: int = 1, o
     With `out`, rows are appended to `out/search.csv` as they finish and finished runs are
     skipped when the search is run again. Each row keeps the run's validation curve (R@1 at
     every evaluated epoch, as JSON) for choosing an epoch budget. `jobs` local processes or the
-    Dask scheduler at `scheduler` train the runs (see `pnca_utils.parallel`); a failed run is
+    Dask scheduler at `scheduler` train the runs (see `pnca_utils.experiments.parallel`); a failed run is
     reported, the others carry on, and `RunsFailed` lists the failures at the end. Every run uses
     GRID_THREADS CPU threads unless `fixed` sets `threads`.
     """
@@ -127,7 +127,7 @@ def write_budgets(folder: str | Path) -> pd.DataFrame:
                          **{c: [f"{v:.2f}" for v in table[c]] for c in ("best R@1", "last R@1")})
     note = (f"\nbudget: the first epoch after which no later epoch gains {BUDGET_GAIN:g} point of validation R@1 "
             f"over the best so far, with at least {BUDGET_WINDOW} epochs seen after it; 'more': the curve ends "
-            "before that (`pnca_utils.tuning.epoch_budget`).\n")
+            "before that (`pnca_utils.experiments.tuning.epoch_budget`).\n")
     markdown = shown.astype(str).to_markdown(index=False, disable_numparse=True)
     (Path(folder) / "budgets.md").write_text(markdown + "\n" + note)
     return table
