@@ -387,6 +387,33 @@ class _Band(NamedTuple):
     item: torch.Tensor
 
 
+class _Tally:
+    """The counting pass's totals per sorted query (sure, maybe) and the band of (query, item) pairs between them."""
+
+    def __init__(self, queries: int, device: torch.device):
+        self.sure = torch.zeros(queries, dtype=torch.int64, device=device)
+        self.maybe = torch.zeros(queries, dtype=torch.int64, device=device)
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = []  # None: too many pairs to keep
+        self.size, self.device = 0, device
+
+    def add(self, counts, queries: int, items: int) -> None:
+        """A block's (sure, maybe, band rows, band columns), its rows starting at `queries`, columns at `items`."""
+        self.sure[queries:queries + len(counts[0])] += counts[0]
+        self.maybe[queries:queries + len(counts[1])] += counts[1]
+        self.size += len(counts[2])
+        if self.pairs is not None and len(counts[2]):
+            if self.size <= _BAND_PAIRS:
+                self.pairs.append((counts[2] + queries, counts[3] + items))
+            else:
+                self.pairs = None  # too many to keep: the open queries will be recounted row by row
+
+    def band(self) -> "_Band | None":
+        if self.pairs is None:
+            return None
+        empty = torch.empty(0, dtype=torch.int64, device=self.device)
+        return _Band(*(torch.cat([p[k] for p in self.pairs]) if self.pairs else empty for k in (0, 1)))
+
+
 def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host, low: torch.Tensor,
                   high: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor, _Band | None]:
     """Per sorted query, other-class gallery items (sure, maybe) closer than its d*, given low <= d* <= high,
@@ -398,9 +425,7 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
     closer or at d*, where err bounds the error of the block's distances.
     """
     device, dtype = s.gallery.device, aug.dtype
-    sure = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
-    maybe = torch.zeros(len(s.queries), dtype=torch.int64, device=device)
-    band: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+    tally = _Tally(len(s.queries), device)
     # the error of a distance in block (i, j), or in a part of it, is at most kappa * (its query's |q|^2 + the
     # largest |g|^2 of gallery block j); seen from its item's side, kappa * (its |g|^2 + query block i's largest)
     g_block_sq = torch.stack([gs.sq[c:d].max() for c, d in gs.blocks])
@@ -408,19 +433,6 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
 
     def bounds(rows: slice, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _rounded(low[rows] - err, dtype, down=True), _rounded(high[rows] + err, dtype, down=False)
-
-    band_size = 0
-
-    def add(counts, queries: int, items: int):
-        nonlocal band, band_size
-        sure[queries:queries + len(counts[0])] += counts[0]
-        maybe[queries:queries + len(counts[1])] += counts[1]
-        band_size += len(counts[2])
-        if band is not None and len(counts[2]):
-            if band_size <= _BAND_PAIRS:
-                band.append((counts[2] + queries, counts[3] + items))
-            else:
-                band = None  # too many to keep: the open queries will be recounted row by row
 
     buffer = torch.empty(0, dtype=dtype, device=device)  # one block's distances, reused
     row_of_blocks = None
@@ -443,13 +455,10 @@ def _count_closer(s: _Search, qs: _Side, gs: _Side, aug: _Augmented, host: _Host
         col_bounds = (col_low[c0 - a:c1 - a], col_high[c0 - a:c1 - a]) if both else None
         rows, columns = host.counts(dist, [col_bounds, (row_low[j, r0 - a:r1 - a], row_high[j, r0 - a:r1 - a])],
                                     same)
-        add(rows, r0, c0)
+        tally.add(rows, r0, c0)
         if columns is not None:
-            add(columns, c0, r0)  # in leave-one-out, sorted positions are the same on both sides
-    if band is not None:
-        band = _Band(*(torch.cat([p[k] for p in band]) if band else torch.empty(0, dtype=torch.int64, device=device)
-                       for k in (0, 1)))
-    return sure, maybe, band
+            tally.add(columns, c0, r0)  # in leave-one-out, sorted positions are the same on both sides
+    return tally.sure, tally.maybe, tally.band()
 
 
 def _bounded_counts(s: _Search, chunk_size: int | None, q_sq: torch.Tensor, g_sq: torch.Tensor
