@@ -28,6 +28,28 @@ class SmallCNN(nn.Module):
         return self.body(x)
 
 
+def colour_from_grey(state: dict) -> dict:
+    """A greyscale small CNN's weights for colour images, which it then sees as their grey level.
+
+    The greyscale network was pretrained on u = (g - 0.5) / 0.5, g the grey level; colour images
+    arrive normalised with ImageNet's statistics, z_c = (x_c - m_c) / s_c. With g the mean of the
+    three channels, u = sum_c (2 s_c / 3) z_c + k, k = (2/3) sum_c m_c - 1. So the first convolution
+    takes the weights w * 2 s_c / 3 on channel c, and its first BatchNorm's running mean moves by
+    k * (sum of w), the constant the convolution no longer adds (exact away from the zero padding).
+    """
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    state = dict(state)
+    w = state["body.0.weight"]
+    if w.shape[1] != 1:
+        raise ValueError(f"expected a 1-channel first convolution, got {w.shape[1]} channels")
+    scale = torch.tensor([2 * s / 3 for s in IMAGENET_STD], dtype=w.dtype).view(1, 3, 1, 1)
+    state["body.0.weight"] = w * scale
+    k = 2 / 3 * sum(IMAGENET_MEAN) - 1
+    state["body.1.running_mean"] = state["body.1.running_mean"] - k * w.sum(dim=(1, 2, 3))
+    return state
+
+
 def resnet50_backbone(weights_path: str | Path | None = None) -> nn.Module:
     """torchvision ResNet-50 up to its last conv block; ImageNet weights only from a local file."""
     from torchvision.models import resnet50
@@ -84,7 +106,10 @@ def build_model(arch: str, in_channels: int, embedding_dim: int, pooling: str, l
     if arch == "small_cnn":
         backbone = SmallCNN(in_channels)
         if weights is not None:
-            backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            if in_channels == 3 and state["body.0.weight"].shape[1] == 1:
+                state = colour_from_grey(state)
+            backbone.load_state_dict(state)
     elif arch == "resnet50":
         if in_channels != 3:
             raise ValueError(f"resnet50 needs 3-channel images, the data set has {in_channels}")

@@ -151,10 +151,8 @@ SMALL_CNN_WEIGHTS = ("auto", "auto-multiscale")
 def build(config: Config, num_channels: int, num_classes: int) -> tuple[EmbeddingNet, nn.Parameter | None]:
     """The model and, for proxy methods, one proxy per training class, initialised from the seed."""
     weights = config.weights
+    # the small CNN is pretrained on greyscale digits; colour images: see models.colour_from_grey
     if config.arch == "small_cnn" and weights in SMALL_CNN_WEIGHTS:
-        if num_channels != 1:
-            raise ConfigError(f"weights={weights!r} is a small CNN pretrained on 1-channel digits; this data set has "
-                              f"{num_channels} channels: set weights=None, or arch=resnet50 with a weights file")
         from .pretrain import MULTISCALE, pretrained_backbone
 
         weights = pretrained_backbone(scales=MULTISCALE if weights == "auto-multiscale" else None)

@@ -128,3 +128,25 @@ def test_version_and_choices(capsys, tmp_path):
         err = capsys.readouterr().err
         assert done.value.code == 2 and "invalid choice" in err and "\n" == err[-1] and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_train_runs_at_its_defaults_on_a_folder_of_images(tmp_path, mode, channels):
+    """`train --dataset folder` with nothing else set: greyscale scans load as one channel, colour
+    photos as three (the pretrained small CNN then sees their grey level: models.colour_from_grey)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c in range(16):  # 8 training classes of 4 images fill one class-balanced batch of 32
+        (root / f"class{c:02d}").mkdir(parents=True)
+        for i in range(4):
+            shape = (40, 40) if mode == "L" else (40, 40, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / f"class{c:02d}/{i}.png")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["R@1"] <= 100 and metrics["config"]["weights"] == "auto"
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["model"]["backbone.body.0.weight"].shape[1] == channels

@@ -125,3 +125,28 @@ def test_resnet50_rejects_a_file_that_is_not_its_state_dict(tmp_path):
     for name in ("other.pth", "text.pth"):
         with pytest.raises(ConfigError, match=f"{name} is not a torchvision ResNet-50 state dict"):
             build_model("resnet50", 3, 8, "max", True, weights=tmp_path / name)
+
+
+def test_colour_images_reach_a_greyscale_small_cnn_as_their_grey_level():
+    """colour_from_grey: a grey photo, normalised with ImageNet's statistics, gives the 3-channel network's first
+    block the same output as the greyscale network gets from the same grey levels at (g - 0.5) / 0.5."""
+    from pnca_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from pnca_utils.models import colour_from_grey
+
+    torch.manual_seed(0)
+    grey_net = SmallCNN(1, widths=(4, 8))
+    with torch.no_grad():  # pretrained-looking BatchNorm statistics
+        grey_net.body[1].running_mean.uniform_(-1, 1)
+        grey_net.body[1].running_var.uniform_(0.5, 2)
+    colour_net = SmallCNN(3, widths=(4, 8))
+    colour_net.load_state_dict(colour_from_grey(grey_net.state_dict()))
+    grey_net.eval(), colour_net.eval()
+    g = torch.rand(2, 1, 12, 12)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    first_block = slice(0, 2)  # conv, BatchNorm
+    want = grey_net.body[first_block]((g - 0.5) / 0.5)
+    got = colour_net.body[first_block]((g.expand(-1, 3, -1, -1) - mean) / std)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # away from the zero padding
+    torch.testing.assert_close(got[inner], want[inner], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="1-channel"):
+        colour_from_grey(colour_net.state_dict())

@@ -193,14 +193,6 @@ def test_configs_the_data_cannot_serve_are_config_errors(tiny_data):
         fit(make_config("proxynca", "ci", weights=None, batch_size=128), tiny_data, progress=False)
 
 
-def test_pretrained_small_cnn_needs_one_channel():
-    images = np.zeros((8, 3, 32, 32), dtype=np.uint8)
-    rgb = TensorImageDataset(images, [0, 0, 1, 1, 2, 2, 3, 3])
-    data = RetrievalData("rgb", rgb, rgb, (1,))
-    with pytest.raises(ConfigError, match="weights=None"):
-        fit(make_config("proxynca++", "ci", batch_size=4, images_per_class=2), data, progress=False)
-
-
 def test_multiscale_pretraining_sees_every_scale_and_is_cached_apart(tmp_path, monkeypatch):
     from pnca_utils import pretrain
     from pnca_utils.data.embedded import EmbeddedSpec

@@ -28,14 +28,17 @@ class ImageListDataset(Dataset):
     """Images read from disk on demand; labels are 0..C-1 and available without reading images."""
 
     def __init__(self, paths: Sequence[Path], raw_labels: Sequence, transform: Callable | None = None,
-                 classes: Sequence | None = None):
-        """`classes` fixes the label space (e.g. shared by a query and a gallery set); default: sorted raw ids."""
+                 classes: Sequence | None = None, channels: int = 3):
+        """`classes` fixes the label space (e.g. shared by a query and a gallery set); default: sorted raw ids.
+        Images are read as RGB (channels=3) or greyscale (channels=1)."""
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
         if len(paths) != len(raw_labels):
             raise ValueError(f"{len(paths)} paths but {len(raw_labels)} labels")
         self.paths = [Path(p) for p in paths]
         self.labels, self.classes = contiguous_labels(raw_labels, classes)
         self.transform = transform
-        self.num_channels = 3
+        self.num_channels = channels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -45,7 +48,7 @@ class ImageListDataset(Dataset):
 
         try:
             with Image.open(self.paths[i]) as im:
-                image = im.convert("RGB")
+                image = im.convert("RGB" if self.num_channels == 3 else "L")
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"cannot read image {self.paths[i]}: {err}. Remove or replace the file.") from err
         if self.transform is not None:

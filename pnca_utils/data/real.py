@@ -93,7 +93,7 @@ def _without_bad_images(name: str, root: Path, splits: dict[str, Items],
 
 def _retrieval(name: str, root: Path, image_size: int, recall_ks: tuple[int, ...],
                train: Items, test: Items, query: Items | None = None,
-               skip_bad_images: bool = False) -> RetrievalData:
+               skip_bad_images: bool = False, channels: int = 3) -> RetrievalData:
     """Check the splits and their images, then build the data set; `query` and `test` share one label space."""
     splits = {"train": train, "test": test} | ({"query": query} if query is not None else {})
     for items in splits.values():
@@ -115,7 +115,8 @@ def _retrieval(name: str, root: Path, image_size: int, recall_ks: tuple[int, ...
 
     def dataset(items: Items, is_train: bool, classes: Sequence | None = None) -> ImageListDataset:
         paths, labels = zip(*items)
-        return ImageListDataset(paths, labels, photo_transforms(image_size, train=is_train), classes=classes)
+        return ImageListDataset(paths, labels, photo_transforms(image_size, train=is_train, channels=channels),
+                                classes=classes, channels=channels)
 
     classes = sorted({y for _, y in evaluated}) if query is not None else None
     return RetrievalData(name, dataset(train, True), dataset(test, False, classes), recall_ks,
@@ -217,6 +218,8 @@ def load_folder(root, image_size: int, split: float | tuple[Sequence[str], Seque
                 skip_bad_images: bool = False) -> RetrievalData:
     """Any tree of images; the class is the image's folder path relative to root.
 
+    Images load with 1 channel when every one is greyscale (scans, digits), else with 3 (RGB).
+
     Classes are sorted by name; `split` is the fraction of them (first ones) used for
     training (default 0.5), or an explicit (train_classes, test_classes) pair of names.
     """
@@ -242,7 +245,23 @@ def load_folder(root, image_size: int, split: float | tuple[Sequence[str], Seque
                                          f"(found: {classes[:5]}{' ...' if len(classes) > 5 else ''})")
     train = [(p, c) for c in train_classes for p in by_class[c]]
     test = [(p, c) for c in test_classes for p in by_class[c]]
-    return _retrieval("folder", root, image_size, (1, 2, 4, 8), train, test, skip_bad_images=skip_bad_images)
+    channels = 1 if all(_is_greyscale(p) for p, _ in train + test) else 3
+    return _retrieval("folder", root, image_size, (1, 2, 4, 8), train, test, skip_bad_images=skip_bad_images,
+                      channels=channels)
+
+
+GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes without colour
+
+
+def _is_greyscale(path: Path) -> bool:
+    """Whether the image file is greyscale (its header says so; unreadable files count as colour)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in GREYSCALE_MODES
+    except OSError:
+        return False
 
 
 REAL_LOADERS: dict[str, Callable[..., RetrievalData]] = {

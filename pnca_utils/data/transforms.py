@@ -7,17 +7,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def photo_transforms(image_size: int, train: bool) -> T.Compose:
-    """PIL image -> normalised tensor (3, image_size, image_size), as in ProxyNCA++.
+def photo_transforms(image_size: int, train: bool, channels: int = 3) -> T.Compose:
+    """PIL image -> normalised tensor (channels, image_size, image_size), as in ProxyNCA++.
 
     Train: random resized crop and horizontal flip. Test: resize the short side to
-    image_size * 288/256 (288 for 256-pixel crops), then centre crop.
+    image_size * 288/256 (288 for 256-pixel crops), then centre crop. Colour images are
+    normalised with ImageNet's statistics; greyscale ones (channels=1) as the embedded set
+    (mean 0.5, std 0.5), the scale of the small CNN's pretraining.
     """
     if train:
         steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     else:
         steps = [T.Resize(round(image_size * 288 / 256)), T.CenterCrop(image_size)]
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    normalise = T.Normalize(IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else T.Normalize((0.5,), (0.5,))
+    return T.Compose(steps + [T.ToTensor(), normalise])
 
 
 def tensor_transforms(image_size: int, native_size: int, train: bool) -> T.Compose:
