@@ -20,7 +20,7 @@
 # - the paper's settings for CUB-200-2011, Cars196, Stanford Online Products and In-Shop as
 #   named presets, `make_config("proxynca++", "paper", dataset=...)`, and where each value comes
 #   from: the paper's text, the authors' published configuration, or our own choice;
-# - how to lay out each data set and the ImageNet weights on disk (nothing is downloaded);
+# - how to lay out each data set on disk (nothing is downloaded) and where the ImageNet weights come from;
 # - the command lines that reproduce the paper's table on a GPU: one run, more seeds, several
 #   GPUs with `torchrun`, the ablation grid, and this chapter itself through papermill;
 # - how the chapter's table fills itself from the runs it finds, beside the paper's numbers.
@@ -96,7 +96,7 @@ shown = ["arch", "weights", "image_size", "embedding_dim", "batch_size", "images
          "proxy_lr", "adam_eps", "weight_decay", "warmup_epochs", "epochs", "lr_schedule", "grad_clip", "amp",
          "temperature", "pooling", "layernorm", "sampler", "eval_every", "num_workers"]
 presets = {name: make_config("proxynca++", PAPER_SIZE, dataset=name, data_root="ROOT",
-                             weights="WEIGHTS").to_dict() for name in DATA_PRESETS}
+                             weights="IMAGENET1K_V1").to_dict() for name in DATA_PRESETS}
 book = make_config("proxynca++", "default").to_dict()
 settings = pd.DataFrame({"embedded, book default": {k: book[k] for k in shown},
                          **{name: {k: preset[k] for k in shown} for name, preset in presets.items()}})
@@ -155,20 +155,18 @@ for name in DATA_PRESETS:
     print(f"{name}:\n  {LAYOUTS[name]}\n")
 
 # %% [markdown]
-# The backbone's ImageNet weights are a torchvision state dict in a local file, given as
-# `weights=/path/to/file.pth` (`--set weights=...` on the command line). The paper, from 2020, used
-# the weights torchvision then shipped for `resnet50(pretrained=True)`, called `IMAGENET1K_V1` today
-# (file `resnet50-0676ba61.pth`); the newer `IMAGENET1K_V2` weights are a stronger starting point, so
-# they would not reproduce the paper's setting. On a machine with internet access, torchvision saves
-# the V1 file with
+# The backbone's ImageNet weights are named as torchvision names them: `weights=IMAGENET1K_V1`
+# (`--set weights=IMAGENET1K_V1` on the command line). torchvision downloads the file once into
+# torch's cache (`$TORCH_HOME/hub/checkpoints/`, by default under `~/.cache/torch`) and checks its
+# hash. The paper, from 2020, used the weights torchvision then shipped for
+# `resnet50(pretrained=True)`, which are `IMAGENET1K_V1` (file `resnet50-0676ba61.pth`); the newer
+# `IMAGENET1K_V2` weights are a stronger starting point, so they would not reproduce the paper's
+# setting. Offline, copy that file into the cache folder, or pass the path of any torchvision
+# ResNet-50 state dict as `weights=/path/to/file.pth`.
 #
-# ```sh
-# python -c "import torch; from torchvision.models import resnet50, ResNet50_Weights; \
-#   torch.save(resnet50(weights=ResNet50_Weights.IMAGENET1K_V1).state_dict(), 'resnet50-imagenet1k-v1.pth')"
-# ```
-#
-# A missing file stops the run with its path in the message (`FileNotFoundError`), and a file that is
-# not a ResNet-50 state dict with a `ConfigError` naming it. `weights=None` trains from random
+# Weights that are neither cached nor downloadable stop the run at once with a `ConfigError` that
+# says where the file goes; a missing local file with its path (`FileNotFoundError`), and a file that
+# is not a ResNet-50 state dict with a `ConfigError` naming it. `weights=None` trains from random
 # weights, allowed for tests but far from the paper's setting; the results table below marks such runs.
 #
 # ## The commands
@@ -179,7 +177,7 @@ for name in DATA_PRESETS:
 
 # %%
 lines = reproduction.commands(dataset if dataset in DATA_PRESETS else "cub", data_root or "DATA_ROOT",
-                              weights or "WEIGHTS", gpus=4, seeds=3)
+                              weights or "IMAGENET1K_V1", gpus=4, seeds=3)
 for name, line in lines.items():
     print(f"# {name}\n{line}\n")
 grid_runs = len(proxynca_grid()) * 3
@@ -228,7 +226,7 @@ if full_scale:
               "paper's setting. Pass the weights file (see above) to reproduce the paper.")
 else:
     config = smoke
-    cub = make_config("proxynca++", PAPER_SIZE, dataset="cub", data_root="ROOT", weights="WEIGHTS").to_dict()
+    cub = make_config("proxynca++", PAPER_SIZE, dataset="cub", data_root="ROOT", weights="IMAGENET1K_V1").to_dict()
     mine = smoke.to_dict()
     print("SMOKE TEST on a made-up image tree: it checks that the paper's code path runs end to end on a CPU. "
           "Its numbers are not a result and say nothing about the paper.")
@@ -411,7 +409,7 @@ if solutions:
 # %%
 if solutions:
     # 2. Compare two presets field by field; proxies: one D-dimensional vector per training class.
-    sop512 = make_config("proxynca++", PAPER_SIZE, dataset="sop", data_root="ROOT", weights="WEIGHTS",
+    sop512 = make_config("proxynca++", PAPER_SIZE, dataset="sop", data_root="ROOT", weights="IMAGENET1K_V1",
                          embedding_dim=512).to_dict()
     differ = {k: (presets["cub"][k], sop512[k]) for k in sop512 if sop512[k] != presets["cub"][k]}
     print(pd.DataFrame(differ, index=["CUB 2048-d", "SOP 512-d"]).T.to_string())

@@ -34,7 +34,7 @@ class Config:
     # model
     arch: str = "small_cnn"
     # small_cnn: 'auto' = pretrained on the source task at 48 px, 'auto-multiscale' over 40-64 px;
-    # resnet50: a local file
+    # resnet18/resnet50: torchvision's IMAGENET1K_V1 or IMAGENET1K_V2 (downloaded into torch's cache), or a local file
     weights: str | None = "auto"
     embedding_dim: int = 64
     pooling: str = "max"
@@ -80,7 +80,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first invalid field; return self when all is well."""
-        choices = {"dataset": DATASETS, "method": METHODS, "arch": ("small_cnn", "resnet50"),
+        choices = {"dataset": DATASETS, "method": METHODS, "arch": ("small_cnn", "resnet18", "resnet50"),
                    "pooling": ("max", "avg"), "sampler": ("balanced", "random"),
                    "lr_schedule": ("none", "step", "cosine"), "eval_split": ("test", "val")}
         for name, allowed in choices.items():
@@ -308,9 +308,10 @@ def _paper_values(preset: str, overrides: dict) -> dict:
                           f"{', '.join(DATA_PRESETS)} (got dataset={dataset!r}); the embedded set and "
                           f"'folder' use the sizes {', '.join(SIZE_PRESETS)}")
     if overrides.get("weights", Config.weights) == "auto":
-        raise ConfigError(f"size {PAPER_SIZE!r} fine-tunes an ImageNet-pretrained ResNet-50: set weights to the "
-                          "path of torchvision's resnet50 ImageNet state dict (a local file; nothing is "
-                          "downloaded), or weights=None to start from random weights (not the paper's setting)")
+        raise ConfigError(f"size {PAPER_SIZE!r} fine-tunes an ImageNet-pretrained ResNet-50: set weights to "
+                          "IMAGENET1K_V1 (the weights the paper's code loads; torchvision downloads them into "
+                          "torch's cache) or to the path of a local resnet50 ImageNet state dict, or weights=None "
+                          "to start from random weights (not the paper's setting)")
     values = dict(DATA_PRESETS[dataset])
     if METHOD_PRESETS[preset].get("proxy_lr", Config.proxy_lr) is None:
         values.pop("proxy_lr")  # a preset without fast-moving proxies (the original ProxyNCA) keeps them off

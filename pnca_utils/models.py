@@ -50,25 +50,69 @@ def colour_from_grey(state: dict) -> dict:
     return state
 
 
-def resnet50_backbone(weights_path: str | Path | None = None) -> nn.Module:
-    """torchvision ResNet-50 up to its last conv block; ImageNet weights only from a local file."""
-    from torchvision.models import resnet50
+# torchvision's names for its ImageNet weights, downloaded into torch's cache (hash checked) on first use
+TORCHVISION_WEIGHTS = ("IMAGENET1K_V1", "IMAGENET1K_V2")
+RESNET_WIDTHS = {"resnet18": 512, "resnet50": 2048}  # channels of the last conv block
 
-    net = resnet50(weights=None)
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ResNet-50 weights not found at {path}. Nothing is downloaded: put torchvision's "
-                "resnet50 ImageNet state dict (e.g. resnet50-0676ba61.pth) there, or pass no weights.")
+
+def _torchvision_state(arch: str, name: str) -> dict:
+    """The state dict torchvision publishes as `name` for `arch`: from torch's cache, else downloaded."""
+    from urllib.error import URLError
+
+    from torch.hub import get_dir
+    from torchvision.models import get_model_weights
+
+    options = get_model_weights(arch)
+    if name not in options.__members__:
+        raise ConfigError(f"torchvision has no {name} weights for {arch}; it has {', '.join(options.__members__)}")
+    weights = options[name]
+    cached = Path(get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (URLError, OSError, RuntimeError) as err:
+        raise ConfigError(f"{arch} weights {name} are not in torch's cache and could not be downloaded "
+                          f"({type(err).__name__}). Put {weights.url} at {cached} (or set TORCH_HOME), or give "
+                          "weights the path of a local state dict") from err
+
+
+def _local_state(path: str | Path, arch: str) -> dict:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{arch} weights not found at {path}. Give torchvision's weight name ({' or '.join(TORCHVISION_WEIGHTS)}), "
+            f"or put torchvision's {arch} ImageNet state dict (e.g. resnet50-0676ba61.pth) there, or pass no weights.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file
+        raise ConfigError(f"{path} is not a torchvision {_title(arch)} state dict ({_first_line(err)}); use the "
+                          f"file torchvision saves for {arch} ImageNet weights, e.g. resnet50-0676ba61.pth") from err
+
+
+def _title(arch: str) -> str:
+    return "ResNet-" + arch.removeprefix("resnet")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+def resnet_backbone(weights: str | Path | None = None, arch: str = "resnet50") -> nn.Module:
+    """A torchvision ResNet up to its last conv block. `weights`: torchvision's name (IMAGENET1K_V1 or _V2),
+    the path of a local state dict, or None (random)."""
+    from torchvision import models as tv
+
+    net = getattr(tv, arch)(weights=None)
+    if weights is not None:
+        state = _torchvision_state(arch, str(weights)) if str(weights) in TORCHVISION_WEIGHTS else \
+            _local_state(weights, arch)
         try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as err:  # not a torch file, or the state dict of another network
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"{path} is not a torchvision ResNet-50 state dict ({detail[:300]}); use the "
-                              "file torchvision saves for resnet50 ImageNet weights, e.g. resnet50-0676ba61.pth") from err
+            net.load_state_dict(state)
+        except Exception as err:  # the state dict of another network
+            raise ConfigError(f"{weights} is not a torchvision {_title(arch)} state dict ({_first_line(err)}); use "
+                              f"the file torchvision saves for {arch} ImageNet weights") from err
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-    body.out_channels = 2048
+    body.out_channels = RESNET_WIDTHS[arch]
     return body
 
 
@@ -102,7 +146,7 @@ class EmbeddingNet(nn.Module):
 
 def build_model(arch: str, in_channels: int, embedding_dim: int, pooling: str, layernorm: bool,
                 weights: str | Path | None = None) -> EmbeddingNet:
-    """An EmbeddingNet on 'small_cnn' (weights: a pretrained backbone state dict) or 'resnet50'."""
+    """An EmbeddingNet on 'small_cnn' (weights: a pretrained backbone state dict), 'resnet18' or 'resnet50'."""
     if arch == "small_cnn":
         backbone = SmallCNN(in_channels)
         if weights is not None:
@@ -110,10 +154,10 @@ def build_model(arch: str, in_channels: int, embedding_dim: int, pooling: str, l
             if in_channels == 3 and state["body.0.weight"].shape[1] == 1:
                 state = colour_from_grey(state)
             backbone.load_state_dict(state)
-    elif arch == "resnet50":
+    elif arch in RESNET_WIDTHS:
         if in_channels != 3:
-            raise ValueError(f"resnet50 needs 3-channel images, the data set has {in_channels}")
-        backbone = resnet50_backbone(weights)
+            raise ValueError(f"{arch} needs 3-channel images, the data set has {in_channels}")
+        backbone = resnet_backbone(weights, arch)
     else:
-        raise ValueError(f"unknown model {arch!r}; choose 'small_cnn' or 'resnet50'")
+        raise ValueError(f"unknown model {arch!r}; choose 'small_cnn', {', '.join(map(repr, RESNET_WIDTHS))}")
     return EmbeddingNet(backbone, embedding_dim, pooling, layernorm)

@@ -1,9 +1,11 @@
-"""Embedding networks: shapes, pooling, LayerNorm without affine parameters, ResNet-50 without downloads."""
+"""Embedding networks: shapes, pooling, LayerNorm without affine parameters, ResNets without downloads."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from pnca_utils.models import EmbeddingNet, SmallCNN, build_model, resnet50_backbone
+from pnca_utils.models import EmbeddingNet, SmallCNN, build_model, resnet_backbone
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
@@ -86,7 +88,7 @@ def test_resnet50_needs_three_channels():
 @pytest.fixture(scope="module")
 def resnet50_body():
     """One randomly initialised ResNet-50 body (initialising one takes seconds on a CPU)."""
-    return resnet50_backbone(None)
+    return resnet_backbone(None)
 
 
 @pytest.mark.parametrize("dataset", ["cub", "cars", "sop", "inshop"])
@@ -97,9 +99,9 @@ def test_paper_presets_build_their_model(dataset, dim, resnet50_body, monkeypatc
 
     c = make_config("proxynca++", "paper", dataset=dataset, data_root="/data", weights=None, embedding_dim=dim)
     asked = []
-    monkeypatch.setattr(models, "resnet50_backbone", lambda weights: asked.append(weights) or resnet50_body)
+    monkeypatch.setattr(models, "resnet_backbone", lambda weights, arch: asked.append((weights, arch)) or resnet50_body)
     model = build_model(c.arch, 3, c.embedding_dim, c.pooling, c.layernorm, c.weights).eval()
-    assert asked == [None]  # the preset's arch is resnet50, built without weights here
+    assert asked == [(None, "resnet50")]  # the preset's arch is resnet50, built without weights here
     assert model.backbone.out_channels == 2048 and model.embedding.weight.shape == (dim, 2048)
     assert list(model.norm.parameters()) == []  # LayerNorm without affine parameters
     with torch.no_grad():  # a small image is enough to check the shapes: the pooling is global
@@ -150,3 +152,38 @@ def test_colour_images_reach_a_greyscale_small_cnn_as_their_grey_level():
     torch.testing.assert_close(got[inner], want[inner], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="1-channel"):
         colour_from_grey(colour_net.state_dict())
+
+
+def test_torchvision_weights_by_name_come_from_torchs_cache(tmp_path, monkeypatch):
+    """weights="IMAGENET1K_V1" loads the file torchvision keeps in torch's cache (prepared here; no network)."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = resnet18(weights=None)
+    cached = tmp_path / "hub" / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), cached)
+    model = build_model("resnet18", 3, 8, "max", True, weights="IMAGENET1K_V1")
+    assert model.backbone.out_channels == 512
+    assert torch.equal(model.backbone[0].weight, source.conv1.weight)
+
+
+def test_torchvision_weights_offline_and_uncached_is_one_clear_error(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torch.hub
+
+    from pnca_utils.config import ConfigError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    where = str(tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth")
+    with pytest.raises(ConfigError, match="not in torch's cache") as err:
+        build_model("resnet50", 3, 8, "max", True, weights="IMAGENET1K_V2")
+    assert where in str(err.value)
+    with pytest.raises(ConfigError, match="no IMAGENET1K_V2 weights for resnet18"):
+        build_model("resnet18", 3, 8, "max", True, weights="IMAGENET1K_V2")

@@ -87,7 +87,7 @@ def preset_differences(config: dict) -> dict:
         if not same:
             out[key] = (value, mine)
     if "weights" in ran and ran["weights"] in (None, "auto"):
-        out["weights"] = ("ImageNet state dict", ran["weights"])
+        out["weights"] = ("ImageNet weights", ran["weights"])
     return out
 
 
@@ -167,7 +167,7 @@ def table_records(table: pd.DataFrame) -> list[dict]:
              for k, v in row.items()} for row in table.to_dict("records")]
 
 
-def commands(dataset: str = "cub", data_root: str = "DATA_ROOT", weights: str = "WEIGHTS",
+def commands(dataset: str = "cub", data_root: str = "DATA_ROOT", weights: str = "IMAGENET1K_V1",
              out: str = "results", gpus: int = 4, seeds: int = 3) -> dict[str, str]:
     """The command lines that reproduce the paper's rows for `dataset` (run in the project folder).
 
