@@ -51,7 +51,7 @@ def test_preset_differences_flag_random_weights_and_missing_fields():
     config.update(weights=None, device="cuda", seed=4)
     del config["amp"]
     assert preset_differences(config) == {"epochs": (45, 3), "warmup_epochs": (5, 1), "amp": (True, "(absent)"),
-                                          "weights": ("ImageNet state dict", None)}
+                                          "weights": ("ImageNet weights", None)}
     assert is_paper_method(config)
     with pytest.raises(ValueError, match="embedded"):
         preset_differences(make_config("proxynca++", "ci").to_dict())
