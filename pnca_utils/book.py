@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import SIZES
+from .paths import checkout
 
-BOOK_DIR = Path(__file__).resolve().parents[1] / "book"
+BOOK_DIR = (checkout() or Path.cwd()) / "book"  # installed: the book/ folder of the working directory
 KERNEL_NAME = "pnca-book"
 KERNEL_ENV = {
     "TQDM_DISABLE": "1",  # tqdm >= 4.66 reads TQDM_<ARG> as defaults: no progress bars in notebook outputs

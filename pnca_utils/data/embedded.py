@@ -24,9 +24,10 @@ from .base import DataError, RetrievalData, TensorImageDataset
 
 
 def default_cache() -> Path:
-    """`$PNCA_DATA_DIR/embedded` if that variable is set, else `data/embedded` in the project."""
-    root = os.environ.get("PNCA_DATA_DIR")
-    return (Path(root) if root else Path(__file__).resolve().parents[2] / "data") / "embedded"
+    """`embedded/` in the data folder: $PNCA_DATA_DIR, the checkout's data/, or the user cache (`paths.data_dir`)."""
+    from ..paths import data_dir
+
+    return data_dir() / "embedded"
 
 GLYPH = 16  # side of an upscaled glyph, in pixels
 INK = 0.25  # a pixel of a rendered digit strip counts as ink above this intensity (digit_boxes)

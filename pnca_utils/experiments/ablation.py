@@ -16,10 +16,11 @@ from scipy import stats
 
 from .. import paper
 from ..config import Config, ConfigError, make_config
+from ..paths import results_dir
 from .parallel import GRID_THREADS, RunsFailed, Task, execute, write_table
 from .runs import run_key
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results" / "embedded"  # where `make reproduce` writes
+RESULTS_DIR = results_dir() / "embedded"  # the committed 4-epoch grid
 PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
 GRIDS = ("proxynca++", "hdml")
 SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")

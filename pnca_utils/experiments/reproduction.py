@@ -28,8 +28,10 @@ _METHOD_FIELDS = {k: v for k, v in METHOD_PRESETS["proxynca++"].items() if k != 
 
 
 def default_results_dir() -> Path:
-    """The project's `results/` folder, where the command lines of `commands` write their runs."""
-    return Path(__file__).resolve().parents[2] / "results"
+    """The project's `results/` folder (`paths.results_dir`), where the command lines of `commands` write their runs."""
+    from ..paths import results_dir
+
+    return results_dir()
 
 
 @dataclass
