@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {failure}", file=sys.stderr)
             return 1
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)  # one line
-        return 2
+        return 2 if isinstance(err, (ConfigError, DataError)) else 1  # bad input, or a run that failed
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(json.dumps({k: round(v, 2) for k, v in metrics.items()}))
     return 0

@@ -150,3 +150,11 @@ def test_train_runs_at_its_defaults_on_a_folder_of_images(tmp_path, mode, channe
     assert 0 <= metrics["R@1"] <= 100 and metrics["config"]["weights"] == "auto"
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["model"]["backbone.body.0.weight"].shape[1] == channels
+
+
+def test_exit_codes_tell_bad_input_from_a_failed_run(tmp_path, capsys):
+    """2: the command could not start (bad config); 1: it started and the run failed (a NaN loss here)."""
+    code, _, err = run(TRAIN + ["--set", "lr=-1", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "lr" in err
+    code, _, err = run(TRAIN + ["--set", "lr=1e30", "--set", "proxy_lr=1e30", "--out", str(tmp_path / "nan")], capsys)
+    assert code == 1 and "loss became" in err and err.count("\n") == 1
