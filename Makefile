@@ -2,6 +2,7 @@
 #
 #   make book [SIZE=ci|default|full]  execute every chapter headless into build/
 #   make test                         run all tests (the book's chapters included)
+#   make lab                          JupyterLab on the book: each chapter opens as a notebook
 #   make notebooks                    plain notebooks (no outputs) in build/notebooks/ for Jupyter
 #   make site                         HTML of the executed chapters in build/site/ (after make book)
 #   make tune [JOBS=N]                re-run the learning-rate search behind config.CALIBRATED
@@ -18,7 +19,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test book notebooks site tune reproduce bench clean distclean
+.PHONY: setup test book notebooks lab site tune reproduce bench clean distclean
 
 setup: $(STAMP)
 
@@ -43,6 +44,12 @@ notebooks: setup
 	  $(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/notebooks/$$(basename $$chapter .py).ipynb $$chapter \
 	  || exit 1; \
 	done
+
+# JupyterLab on the book: each book/NN_*.py opens as a notebook (jupytext); the chapters find build/.
+lab: setup
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp book/lab-settings.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=book
 
 site: setup
 	$(PY) -m pnca_utils.book --site --out $(BUILD)

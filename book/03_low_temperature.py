@@ -223,7 +223,7 @@ if size == "ci":
     print("size='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
 untrained = untrained_metrics(full, data)
-trained = {name: cached_fit(config, data, root=runs_root, progress=False) for name, config in configs.items()}
+trained = {name: cached_fit(config, data, root=runs_root) for name, config in configs.items()}
 
 # %% [markdown]
 # The first table gives every metric (percent) on the test classes, the untrained network first. The
@@ -436,6 +436,6 @@ if solutions:
         rates = {"lr": 9 * t * full.lr, "proxy_lr": 9 * t * full.proxy_lr}
         scaled = make_config("proxynca++", size, seed=seed, temperature=t, eval_every=full.epochs,
                              **{**overrides, **rates})
-        rerun = cached_fit(scaled, data, root=runs_root, progress=False)
+        rerun = cached_fit(scaled, data, root=runs_root)
         print(f"3. T = {name}: R@1 {r1[name]:.1f} with the calibrated rates, {rerun.metrics['R@1']:.1f} with both "
               f"x {9 * t:.3g}; T = 1/9: {r1['1/9']:.1f}")

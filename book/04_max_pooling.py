@@ -138,8 +138,8 @@ if size == "ci":
     print("size='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
 untrained = {"max": untrained_metrics(full, data), "avg": untrained_metrics(avg_config, data)}
-max_run = cached_fit(full, data, root=runs_root, progress=False)
-avg_run = cached_fit(avg_config, data, root=runs_root, progress=False)
+max_run = cached_fit(full, data, root=runs_root)
+avg_run = cached_fit(avg_config, data, root=runs_root)
 
 # %% [markdown]
 # The table gives every metric on the test classes (percent) for the two trained networks and, for

@@ -186,8 +186,8 @@ print(f"{len(data.train)} training images of {data.num_train_classes} classes; {
 if size == "ci":
     print("size='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
-fast_run = cached_fit(full, data, root=runs_root, progress=False)
-slow_run = cached_fit(slow, data, root=runs_root, progress=False)
+fast_run = cached_fit(full, data, root=runs_root)
+slow_run = cached_fit(slow, data, root=runs_root)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
@@ -274,7 +274,7 @@ proxy_lrs = [None, 4.0, full.proxy_lr, 4e3]
 sweep_configs = {lr: full if lr == full.proxy_lr else slow if lr is None else
                  make_config("proxynca++", size, seed=seed, proxy_lr=lr, **final_only, **overrides)
                  for lr in proxy_lrs}
-sweep_runs = {lr: cached_fit(config, data, root=runs_root, progress=False) for lr, config in sweep_configs.items()}
+sweep_runs = {lr: cached_fit(config, data, root=runs_root) for lr, config in sweep_configs.items()}
 untrained = untrained_metrics(full, data)
 lr_names = {lr: f"backbone's ({full.lr:g})" if lr is None else f"{lr:g}" for lr in proxy_lrs}
 sweep_table = analysis.metrics_table({lr_names[lr]: run.metrics for lr, run in sweep_runs.items()},
@@ -332,8 +332,8 @@ hot_fast_config = make_config("proxynca++", size, seed=seed, temperature=1.0, **
 hot_slow_config = make_config("proxynca++", size, seed=seed, temperature=1.0, proxy_lr=None, **final_only,
                               **overrides)
 grid = {("1/9", "fast"): fast_run, ("1/9", "slow"): slow_run,
-        ("1", "fast"): cached_fit(hot_fast_config, data, root=runs_root, progress=False),
-        ("1", "slow"): cached_fit(hot_slow_config, data, root=runs_root, progress=False)}
+        ("1", "fast"): cached_fit(hot_fast_config, data, root=runs_root),
+        ("1", "slow"): cached_fit(hot_slow_config, data, root=runs_root)}
 interaction = pd.DataFrame({key: {"R@1": run.metrics["R@1"], "MAP@R": run.metrics["MAP@R"],
                                   "proxy gradient, epoch 1": run.history["epochs"][0]["grad_proxies"],
                                   "proxy length": run.proxies.detach().norm(dim=1).mean().item()}

@@ -225,9 +225,9 @@ for name, config in variants.items():
 if size == "ci":
     print("size='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
-full_run = cached_fit(full, data, root=runs_root, progress=False)
-runs = {name: cached_fit(config, small_data if config.image_size == small_size else data, root=runs_root,
-                         progress=False) for name, config in variants.items()}
+full_run = cached_fit(full, data, root=runs_root)
+runs = {name: cached_fit(config, small_data if config.image_size == small_size else data, root=runs_root)
+        for name, config in variants.items()}
 
 # %%
 table = analysis.compare_to_reference(full_run.metrics, {name: run.metrics for name, run in runs.items()},

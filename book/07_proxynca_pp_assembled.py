@@ -70,7 +70,7 @@ from IPython.display import Markdown, display
 
 from pnca_utils import analysis, gallery, paper
 from pnca_utils.experiments import ablation
-from pnca_utils.chapter import workspace
+from pnca_utils.chapter import project_path, workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
 from pnca_utils.experiments.runs import cached_fit
@@ -167,8 +167,7 @@ if (table_dir / "runs.csv").exists():
 else:
     source = "recomputed at size ci"
     variants = ablation.select(variants, ["ProxyNCA++", "− low temperature", "ProxyNCA"])
-    grid_runs = ablation.run_grid(variants, "ci", 3, Path(out_dir) / "ablation", runs_root=runs_root,
-                                  progress=False, epochs=1)
+    grid_runs = ablation.run_grid(variants, "ci", 3, project_path(out_dir) / "ablation", runs_root=runs_root, epochs=1)
     meta = {"size": "ci", "seeds": 3, "fixed": {"epochs": 1}}
 summary = ablation.summarize(grid_runs, variants)
 print(f"source: {source}; size {meta.get('size', '?')}, seeds per variant: "

@@ -70,7 +70,7 @@ from PIL import Image
 from pnca_utils.experiments import reproduction
 from pnca_utils.experiments.ablation import proxynca_grid
 from pnca_utils.analysis import metrics_table
-from pnca_utils.chapter import workspace
+from pnca_utils.chapter import project_path, workspace
 from pnca_utils.config import DATA_PRESETS, PAPER_DIMS, PAPER_SIZE, RECALL_KS, make_config
 from pnca_utils.data.real import LAYOUTS
 from pnca_utils.plots import show_gallery, training_curves
@@ -209,7 +209,7 @@ print(f"The ablation line trains {len(proxynca_grid())} variants x 3 seeds = {gr
 # ## Training here
 
 # %%
-toy_root = reproduction.make_toy_folder(Path(out_dir) / "toy_folder", seed=seed)  # a throwaway, made-up tree
+toy_root = reproduction.make_toy_folder(project_path(out_dir) / "toy_folder", seed=seed)  # a throwaway, made-up tree
 smoke = make_config("proxynca++", size if not full_scale else "ci", dataset="folder", data_root=str(toy_root),
                     arch="small_cnn", weights=None, image_size=32, embedding_dim=32, batch_size=24,
                     images_per_class=4, epochs=smoke_epochs, warmup_epochs=1, lr=4e-3, proxy_lr=4e2,
