@@ -53,6 +53,8 @@ def pretrained_backbone(spec: EmbeddedSpec = EmbeddedSpec(), cache_dir: Path | s
 
 def _pretrain(by_size: dict, seed: int, progress: bool) -> SmallCNN:
     """Train a SmallCNN and a 10-way head on the source task; each batch at a size drawn from `by_size`."""
+    from .training import bar_options
+
     sizes = list(by_size)
     data = by_size[sizes[0]]
     generator = torch.Generator().manual_seed(seed)
@@ -66,7 +68,8 @@ def _pretrain(by_size: dict, seed: int, progress: bool) -> SmallCNN:
     net.train()
     for epoch in range(PRETRAIN["epochs"]):
         batches.set_epoch(epoch)
-        for idx in tqdm(batches, desc=f"pretrain {epoch + 1}/{PRETRAIN['epochs']}", disable=not progress, leave=False):
+        bar = tqdm(batches, desc=f"pretrain {epoch + 1}/{PRETRAIN['epochs']}", leave=False, **bar_options(progress))
+        for idx in bar:
             if len(sizes) > 1:  # one draw per batch; a single size draws nothing (its weights stay as they were)
                 data = by_size[sizes[int(torch.randint(len(sizes), (1,), generator=generator))]]
             x = torch.stack([data[i][0] for i in idx])

@@ -29,6 +29,12 @@ from .samplers import DistributedBatchSampler, make_batch_sampler
 from .step import train_step
 
 
+def bar_options(progress: bool) -> dict:
+    """tqdm's keyword for `progress`: off when False; when True, tqdm's own defaults, so that
+    TQDM_DISABLE=1 (what the book's headless kernel sets) still turns the bars off."""
+    return {} if progress else {"disable": True}
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says where."""
 
@@ -358,8 +364,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
     config = run.config
     _enter_epoch(run, epoch)
     t0, first = time.perf_counter(), len(run.history["steps"])
-    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and run.ctx.is_main),
-               leave=False)
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               **bar_options(progress and run.ctx.is_main))
     for step, (x, y) in enumerate(bar):
         x, y = x.to(config.device), y.to(config.device)
         record = {"epoch": epoch + 1}

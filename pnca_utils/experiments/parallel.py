@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 import pandas as pd
 
 from ..config import Config, ConfigError
+from ..training import bar_options
 from .runs import run_key
 
 SCHEDULER_ENV = "PNCA_SCHEDULER"  # a Dask scheduler's address, used when no scheduler is given
@@ -111,7 +112,7 @@ def execute(tasks: list[Task], root: str | Path | None, on_done: Callable[[Task,
     if scheduler is None:
         check_jobs(tasks, jobs)
     root = None if root is None else str(Path(root).resolve())
-    bar = tqdm(total=done_before + len(tasks), initial=done_before, desc=desc, unit="run", disable=not progress)
+    bar = tqdm(total=done_before + len(tasks), initial=done_before, desc=desc, unit="run", **bar_options(progress))
     failures = []
 
     def finished(task: Task, outcome: dict | None, error: BaseException | None) -> None:
