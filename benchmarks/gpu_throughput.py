@@ -25,7 +25,7 @@ import torch
 
 from pnca_utils import distributed, losses
 from pnca_utils.config import make_config
-from pnca_utils.training import _optimizer, build
+from pnca_utils.training import build, make_optimizer
 
 CUB_TRAIN_CLASSES = 100  # classes 1-100 train: one proxy each
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "gpu.json"
@@ -67,7 +67,7 @@ def measure(args: argparse.Namespace) -> dict:
     model, proxies = build(config, 3, CUB_TRAIN_CLASSES)
     proxies.data = proxies.data.to(config.device)
     model.train()
-    optimizer = _optimizer(config, model, proxies)  # fit's optimiser: backbone, embedding, proxies
+    optimizer = make_optimizer(config, model, proxies)  # fit's optimiser: backbone, embedding, proxies
     params = [p for g in optimizer.param_groups for p in g["params"]]
     amp = distributed.MixedPrecision(config.amp, config.device)
     generator = torch.Generator().manual_seed(0)

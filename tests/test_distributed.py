@@ -129,7 +129,8 @@ def _fits_in_processes(configs, data, out_dirs, report_dir):
 # channels-last convolutions round differently for a share of 6 images than for the batch of 12, and max
 # pooling and ReLU switch at near-ties. Measured with ProxyNCA++: within 1.4e-7 over the warm-up epoch
 # (backbone frozen), 4e-6 at the first backbone step, 1.2e-2 by step 12; triplet: within 2.2e-6 over its
-# first 3 steps, 4.4e-4 by step 4. So the test is tight where rounding cannot have grown, and loose after.
+# first 3 steps, 4.4e-4 by step 4 (at one thread per process, 2.1e-4 already at step 3). So the test is
+# tight where rounding cannot have grown, and loose after.
 CALM = {"lr": 1e-3, "proxy_lr": 1.0}
 
 
@@ -156,7 +157,7 @@ def test_two_processes_follow_the_one_process_curve(tiny_data, two_processes):
     warm-up epoch; triplet: 3 steps), where a wrong share or an unaveraged gradient would already differ by
     a factor, then within the drift that rounding grows into (see CALM) over all 12 steps."""
     configs, results, _ = two_processes
-    for config, parallel, (first, tight, loose) in zip(configs[:2], results[:2], ((4, 1e-5, 5e-2), (3, 1e-4, 1e-2))):
+    for config, parallel, (first, tight, loose) in zip(configs[:2], results[:2], ((4, 1e-5, 5e-2), (3, 1e-3, 1e-2))):
         single = fit(config, tiny_data, progress=False)
         for key in ("loss", "grad_embeddings", "grad_embedding_layer", "grad_backbone", "grad_proxies"):
             _close(single, parallel, key, steps=first, rel=tight)
