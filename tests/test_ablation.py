@@ -178,6 +178,23 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     assert list(summary["n"]) == [2, 2]
 
 
+def test_variants_sharing_a_config_train_once_and_each_get_their_rows(tiny_data, tmp_path, monkeypatch):
+    """'− image scale' and the path's last step are the same run: one training, a row under each name."""
+    variants = [Variant("A", "full"), Variant("same as A", "path", reference="A"), Variant("warm", "removal",
+                                                                                          removed=("low temperature",))]
+    fixed = dict(weights=None, epochs=1, batch_size=16, embedding_dim=16)
+    calls = []
+    real = parallel.train_run
+    monkeypatch.setattr(parallel, "train_run", lambda config, *a, **k: calls.append(config) or real(config, *a, **k))
+    runs = run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed)
+    assert len(calls) == 4
+    assert list(zip(runs["variant"], runs["seed"])) == [(v.name, s) for s in (0, 1) for v in variants]
+    a, same = runs[runs["variant"] == "A"], runs[runs["variant"] == "same as A"]
+    assert list(a["R@1"]) == list(same["R@1"]) and list(a["key"]) == list(same["key"])
+    assert run_grid(variants, "ci", 2, tmp_path, data=tiny_data, progress=False, **fixed).equals(runs)
+    assert len(calls) == 4 and len(pd.read_csv(tmp_path / "runs.csv")) == 6
+
+
 def test_cli_rejects_unknown_variant_before_any_work(tmp_path, capsys):
     out = tmp_path / "grid"
     assert main(["ablate", "--variant", "nope", "--out", str(out), "--size", "ci"]) == 2

@@ -176,25 +176,30 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
     out.mkdir(parents=True, exist_ok=True)
     table = out / "runs.csv"
     rows = pd.read_csv(table).to_dict("records") if table.exists() else []
-    done = {r["key"] for r in rows}
     root = Path(runs_root) if runs_root is not None else out / "runs"
-    todo = {run_key(config): (variant, seed) for variant, seed, config in planned if run_key(config) not in done}
-    tasks = [Task(f"{variant.name}, seed {seed}", config) for variant, seed, config in planned
-             if run_key(config) in todo]
+    position = {(v.name, run_key(c)): i for i, (v, _, c) in enumerate(planned)}  # a row's place in the table
+    done = {(r["variant"], r["key"]) for r in rows}
+    todo: dict[str, list] = {}  # run key -> the (variant, seed) rows it fills: variants may share a config
+    configs = {}
+    for variant, seed, config in planned:
+        if (variant.name, run_key(config)) not in done:
+            todo.setdefault(run_key(config), []).append((variant, seed))
+            configs[run_key(config)] = config
+    tasks = [Task("; ".join(f"{v.name}, seed {seed}" for v, seed in named), configs[key])
+             for key, named in todo.items()]
 
     def record(task: Task, outcome: dict) -> None:
-        variant, seed = todo[run_key(task.config)]
-        rows.append({"variant": variant.name, "kind": variant.kind, "seed": seed, **outcome["metrics"],
-                     "train_seconds": outcome["train_seconds"], "seconds": outcome["seconds"],
-                     "key": run_key(task.config)})
+        for variant, seed in todo[run_key(task.config)]:
+            rows.append({"variant": variant.name, "kind": variant.kind, "seed": seed, **outcome["metrics"],
+                         "train_seconds": outcome["train_seconds"], "seconds": outcome["seconds"],
+                         "key": run_key(task.config)})
         write_table(rows, table)
 
     failures = execute(tasks, root, record, jobs=jobs, scheduler=scheduler, data=data, progress=progress,
-                       desc="ablation grid", done_before=len(planned) - len(tasks))
+                       desc="ablation grid", done_before=len({run_key(c) for _, _, c in planned}) - len(tasks))
     write_untrained([(v, c) for v, seed, c in planned if seed == 0], out / "untrained.csv", data)
-    keys = {run_key(config) for _, _, config in planned}
-    order = {run_key(config): i for i, (_, _, config) in enumerate(planned)}
-    finished = sorted((r for r in rows if r["key"] in keys), key=lambda r: order[r["key"]])
+    finished = sorted((r for r in rows if (r["variant"], r["key"]) in position),
+                      key=lambda r: position[(r["variant"], r["key"])])
     if failures:
         raise RunsFailed(failures, len(planned))
     _write_meta(out / "grid.json", size, seeds, max(c.epochs for _, _, c in planned), fixed, finished, jobs)
