@@ -202,6 +202,61 @@ def run_book(size: str = "default", out_dir: Path | str = "build", only: list[st
     return seconds
 
 
+REFERENCE_DIR = BOOK_DIR / "reference"  # executed chapters whose checked outputs nbval compares with
+CHECKED = "NBVAL_CHECK_OUTPUT"  # a cell whose outputs nbval compares (in --nbval-lax mode)
+REFERENCE_OUT_DIR = "build/nbval"  # the out_dir a reference names: relative, so the project's build/
+
+
+def write_references(only: list[str] | None = None, book_dir: Path | str = BOOK_DIR,
+                     reference_dir: Path | str | None = None) -> list[Path]:
+    """Execute the chapters at size 'ci' (solutions on) and keep each as reference_dir/NN_name.ipynb.
+
+    A reference keeps every cell, and the outputs of the cells marked NBVAL_CHECK_OUTPUT only: the
+    numbers `pytest --nbval-lax` compares when it executes the reference again. Regenerate with
+    `make references` when a chapter changes, and review the diff like code: a changed output is a
+    changed result.
+    """
+    import tempfile
+
+    import nbformat
+
+    reference_dir = Path(reference_dir) if reference_dir is not None else Path(book_dir) / "reference"
+    reference_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_book("ci", tmp, only, solutions=True, book_dir=book_dir)
+        for executed in sorted(Path(tmp).glob("[0-9][0-9]_*.ipynb")):
+            nb = as_reference(nbformat.read(executed, as_version=4))
+            nbformat.write(nb, reference_dir / executed.name)
+            written.append(reference_dir / executed.name)
+    return written
+
+
+def as_reference(nb, out_dir: str = REFERENCE_OUT_DIR):
+    """An executed notebook made a reference: outputs kept only where checked (those cells numbered by their
+    place among the code cells), run-specific metadata dropped, and papermill's injected `out_dir` set to `out_dir`."""
+    nb.metadata.pop("papermill", None)
+    code_cells = 0
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        code_cells += 1
+        # nbval fails a cell that has outputs but no execution count ("unrun reference cell"): a checked
+        # cell is numbered by its place among the code cells, so the number is the same on every run
+        cell.execution_count = code_cells if CHECKED in cell.source else None
+        if CHECKED not in cell.source:
+            cell.outputs = []
+        for output in cell.outputs:
+            if "execution_count" in output:
+                output.execution_count = cell.execution_count
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = "\n".join(f"out_dir = {out_dir!r}" if line.startswith("out_dir = ") else line
+                                    for line in cell.source.splitlines())
+    return nb
+
+
 def _chapter_title(nb, fallback: str) -> str:
     """The first markdown heading of a notebook, without its hashes."""
     for cell in nb.cells:
@@ -248,6 +303,8 @@ def parser() -> argparse.ArgumentParser:
                    help="inject a parameter into every chapter (repeatable); VALUE is a Python literal, "
                         "else a string, e.g. -p seed=1 -p dataset=cub")
     p.add_argument("--site", action="store_true", help="render the executed notebooks in --out as HTML only")
+    p.add_argument("--references", action="store_true",
+                   help="execute the chapters at size ci and write book/reference/, what nbval compares with")
     return p
 
 
@@ -270,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.site:
             print(f"site: {render_site(args.out)}")
+            return 0
+        if args.references:
+            written = write_references(args.only)
+            print(f"{len(written)} reference notebook(s) in {REFERENCE_DIR}")
             return 0
         cached = len(list(Path(args.out, "runs").glob("*/metrics.json")))
         seconds = run_book(args.size, args.out, args.only, args.solutions, parameters=parse_parameters(args.parameter))

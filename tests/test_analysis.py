@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pnca_utils import analysis
+from pnca_utils import analysis, losses
 from pnca_utils.config import make_config
 from pnca_utils.training import build, embed
 
@@ -355,3 +355,16 @@ def test_compare_to_reference_deltas_agree_with_printed_values():
     assert f"{table.loc['reference', 'R@1']:.1f}" == "1.9" and table.loc["a", "Δ R@1"] == pytest.approx(1.6)
     with pytest.raises(ValueError, match="MAP@R"):
         analysis.compare_to_reference({"R@1": 1.0}, {"a": {"R@1": 2.0}}, delta="MAP@R")
+
+
+def test_per_image_losses_by_hand():
+    emb = np.array([[1.0, 0.0], [0.0, 2.0]])  # normalised inside: squared distances (0, 2, 4) and (2, 0, 2)
+    proxies = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    excluded = analysis.per_image_losses(emb, [0, 2], proxies, 1.0, False)
+    # L = d_y / T + log sum_{z != y} exp(-d_z / T)
+    np.testing.assert_allclose(excluded, [0 + np.log(np.exp(-2) + np.exp(-4)), 2 + np.log(np.exp(-0.0) + np.exp(-2))])
+    assert excluded[0] < 0 < excluded[1]  # the first image is nearer its own proxy than any other
+    included = analysis.per_image_losses(emb, [0, 2], proxies, 1 / 9, True)
+    np.testing.assert_allclose(included, [np.log(1 + np.exp(-18) + np.exp(-36)), 18 + np.log(1 + 2 * np.exp(-18))])
+    batch = losses.proxy_nca_loss(torch.tensor(emb), torch.tensor([0, 2]), proxies.double(), 1 / 9, True)
+    np.testing.assert_allclose(included.mean(), batch.item())

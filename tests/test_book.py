@@ -3,6 +3,7 @@
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ import jupytext
 import nbformat
 import pytest
 
-from pnca_utils.book import (ChapterError, ParameterError, chapter_parameters, chapters, check_parameters,
-                              execute_chapter, main, parse_parameters, run_book, to_notebook)
+import pnca_utils
+from pnca_utils.book import (CHECKED, REFERENCE_DIR, ChapterError, ParameterError, as_reference, chapter_parameters,
+                              chapters, check_parameters, execute_chapter, main, parse_parameters, run_book,
+                              to_notebook)
 
 CHAPTERS = chapters()
 IDS = [path.stem for path in CHAPTERS]
@@ -25,7 +28,7 @@ RESULT_KEYS = {  # keys of results/NN.json, as each chapter documents them
     "04": {"size", "max", "avg", "untrained", "activation"},
     "05": {"size", "split", "gradients", "proxy_lr_sweep", "interaction", "untrained"},
     "06": {"size", "full", "balanced", "layernorm", "image_size", "table"},
-    "07": {"size", "full", "ablation", "ablation_longer", "source"},
+    "07": {"size", "full", "ablation", "budgets", "source"},
     "08": {"size", "methods", "table", "source"},
     "09": {"size", "presets", "table", "runs", "trained"},
 }
@@ -91,31 +94,76 @@ def test_chapters_share_the_books_data_cache(book_cache, data_dir):
     assert default_cache() == expected / "embedded" != data_dir / "embedded"
 
 
+def _reference(path: Path):
+    return nbformat.read(REFERENCE_DIR / f"{path.stem}.ipynb", as_version=4)
+
+
+def _nbval(notebook: Path, *options: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pytest --nbval-lax` on one notebook: every cell runs, the NBVAL_CHECK_OUTPUT cells' outputs are compared."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                           "--nbval-current-env", *options, str(notebook)], cwd=notebook.parent,
+                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+
+
+def _reference_in(path: Path, folder: Path) -> Path:
+    """The chapter's reference notebook, copied into `folder` with its outputs going there too."""
+    notebook = folder / f"{path.stem}.ipynb"
+    nbformat.write(as_reference(_reference(path), out_dir=str(folder)), notebook)
+    return notebook
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_reference_is_the_current_chapter(path):
+    """book/reference/NN.ipynb holds the chapter's cells as they are now, plus papermill's injected parameters
+    (size ci, solutions on) and the checked cells' stored outputs."""
+    cells = [c for c in _reference(path).cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    stale = f"book/reference/{path.stem}.ipynb is stale: run `make references` and review its diff"
+    assert [(c.cell_type, c.source) for c in cells] == [(c.cell_type, c.source) for c in to_notebook(path).cells], stale
+    injected = next(c for c in _reference(path).cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'size = "ci"' in injected.source and "solutions = True" in injected.source
+    checked = [c for c in cells if CHECKED in c.source]
+    assert all(c.outputs for c in checked), "a checked cell without stored outputs compares nothing"
+    assert not any(c.get("outputs") for c in cells if c.cell_type == "code" and CHECKED not in c.source)
+
+
 @pytest.mark.book
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
-def test_chapter_executes_and_passes_nbval(path, tmp_path, book_cache):
-    executed = execute_chapter(path, tmp_path, {"size": "ci", "solutions": True})
+def test_chapter_passes_nbval_against_its_reference(path, tmp_path, book_cache):
+    """nbval executes the chapter's reference at size ci and compares each checked cell's output with the
+    one stored in git; the run also writes the results and figures the chapter promises."""
+    run = _nbval(_reference_in(path, tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     results = json.loads((tmp_path / "results" / f"{path.name[:2]}.json").read_text())
     assert RESULT_KEYS[path.name[:2]] <= set(results)
     assert any((tmp_path / "figures").glob(f"{path.name[:2]}_*.png"))
-    # nbval re-runs the executed notebook (its injected parameters included) and compares the
-    # outputs of the cells marked NBVAL_CHECK_OUTPUT.
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                          "--nbval-current-env", str(executed)],
-                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
 
+
+@pytest.mark.book
+def test_nbval_catches_a_wrong_temperature_in_the_library(tmp_path, book_cache):
+    """A copy of the package whose loss divides by sqrt(T) instead of T: chapter 03's checked cell (the
+    library's probabilities and forces at T = 1, 1/3, 1/9, 1/27 on a hand-sized example) no longer matches."""
+    package = tmp_path / "pkg" / "pnca_utils"
+    shutil.copytree(Path(pnca_utils.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    losses = package / "losses.py"
+    right = ".clamp_min(0.0) / temperature  #"  # ProxyNCA's logits: -||x - p||^2 / T
+    assert losses.read_text().count(right) == 1, "the planted bug's line moved: update this test"
+    losses.write_text(losses.read_text().replace(right, ".clamp_min(0.0) / temperature ** 0.5  #"))
+    chapter = next(p for p in CHAPTERS if p.name.startswith("03"))
+    (tmp_path / "run").mkdir()
+    run = _nbval(_reference_in(chapter, tmp_path / "run"), "-x", env={"PYTHONPATH": str(package.parent)})
+    assert run.returncode != 0 and "failed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "P(A)" in run.stdout  # the failure is the checked table's, shown with its expected and actual text
 
 
 @pytest.mark.book
 def test_chapter_07_recomputes_a_small_grid_without_a_table(tmp_path, book_cache):
-    """The committed results/embedded table is read by default; with no table, a ci-size grid is trained."""
+    """The committed results/converged table is read by default; with no table, a ci-size grid is trained."""
     path = next(p for p in CHAPTERS if p.name.startswith("07"))
     execute_chapter(path, tmp_path, {"size": "ci", "ablation_dir": str(tmp_path / "no-table")})
     results = json.loads((tmp_path / "results" / "07.json").read_text())
     assert results["source"] == "recomputed at size ci"
     assert {row["variant"] for row in results["ablation"]} == {"ProxyNCA++", "− low temperature", "ProxyNCA"}
-    assert results["ablation_longer"] is None  # a ci table is not set beside the committed 8-epoch grid
+    assert set(results["budgets"]) == {"proxynca++-lr", "proxynca-lr"}  # the committed curves, read all the same
 
 CHAPTER_TEMPLATE = """\
 # %% tags=["parameters"]

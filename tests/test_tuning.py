@@ -89,3 +89,18 @@ def test_budget_table_reads_every_search(tmp_path):
     assert list(table["proxy_lr"]) == ["", "4"] and list(table["budget"]) == [3, 3]
     assert list(table["best R@1"]) == [30.0, 30.0]
     assert "| a " in (tmp_path / "budgets.md").read_text()
+
+
+def test_read_curves_gives_one_row_per_run_and_epoch(tmp_path):
+    import json
+
+    from pnca_utils.experiments.tuning import read_curves
+
+    (tmp_path / "s").mkdir()
+    pd.DataFrame([{"key": "k", "preset": "proxynca", "seed": 1, "lr": 0.5, "R@1": 3.0,
+                   "val_curve": json.dumps([[2, 3.0], [1, 1.0]])}]).to_csv(tmp_path / "s" / "search.csv", index=False)
+    curves = read_curves(tmp_path)
+    assert curves.to_dict("records") == [
+        {"search": "s", "preset": "proxynca", "lr": 0.5, "proxy_lr": None, "seed": 1, "epoch": 1, "R@1": 1.0},
+        {"search": "s", "preset": "proxynca", "lr": 0.5, "proxy_lr": None, "seed": 1, "epoch": 2, "R@1": 3.0}]
+    assert read_curves(tmp_path / "nothing").empty

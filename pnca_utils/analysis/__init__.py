@@ -4,7 +4,7 @@
 |---|---|---|
 | `tables` | metrics of runs side by side, a change in words, stored tables | all |
 | `embeddings` | embeddings of chosen test classes, their t-SNE maps | 01, 03, 04, 08 |
-| `proxy_loss` | ProxyNCA's loss and softmax in closed form; gaps to proxies and neighbours | 01-03 |
+| `proxy_loss` | ProxyNCA's loss and softmax in closed form, per image; gaps to proxies and neighbours | 01-03 |
 | `pooling` | where global pooling looks: feature maps, winning cells, share on the digits | 04 |
 | `gradients` | gradients and Adam's steps of the network and the proxies | 05 |
 | `batches` | what a batch holds: classes and images per class | 06 |
@@ -20,7 +20,7 @@ from __future__ import annotations
 from .tables import METRIC_COLUMNS, metrics_table, describe_change, compare_to_reference, read_table
 from .embeddings import pick_classes, embed_classes, tsne
 from .proxy_loss import (proxy_configuration, proxy_loss_profile, assignment_profile, proxy_gaps,
-                         neighbour_gaps)
+                         neighbour_gaps, per_image_losses)
 from .pooling import feature_maps, box_cell_mask, winner_counts, region_shares
 from .gradients import GRADIENT_KEYS, proxy_gradient_split, adam_step_sizes, parameter_groups, step_scales
 from .batches import batch_composition

@@ -124,3 +124,17 @@ def neighbour_gaps(embeddings, labels) -> dict[str, np.ndarray]:
     keep = torch.isfinite(positive) & torch.isfinite(negative)
     positive, negative = positive[keep], negative[keep]
     return {"positive": positive.numpy(), "negative": negative.numpy(), "gap": (negative - positive).numpy()}
+
+
+def per_image_losses(embeddings, labels, proxies, temperature: float,
+                     positive_in_denominator: bool) -> np.ndarray:
+    """`losses.proxy_nca_loss` of each image on its own (the loss's batch mean, taken over a batch of one).
+
+    Under exclusion (`positive_in_denominator=False`) a value below 0 marks an image whose own proxy is
+    already nearer than the softmax of all the others: the loss still pulls it on (chapter 02).
+    """
+    x = torch.as_tensor(embeddings, dtype=torch.float64)
+    p = torch.as_tensor(proxies, dtype=torch.float64).detach()
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return np.array([losses.proxy_nca_loss(x[i:i + 1], y[i:i + 1], p, temperature, positive_in_denominator).item()
+                     for i in range(len(x))])

@@ -20,7 +20,7 @@ from ..paths import results_dir
 from .parallel import GRID_THREADS, RunsFailed, Task, execute, write_table
 from .runs import run_key
 
-RESULTS_DIR = results_dir() / "embedded"  # the committed 4-epoch grid
+RESULTS_DIR = results_dir() / "converged"  # the committed converged grid (size converged, 5 seeds)
 PAPER_SMALL_IMAGES = {256: 227}  # the paper's larger images (256) against the usual 227-pixel crops
 GRIDS = ("proxynca++", "hdml")
 SUMMARY_METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")

@@ -113,6 +113,18 @@ def budget_table(folder: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(order, key=lambda c: c.map(_sort_key)).reset_index(drop=True)
 
 
+def read_curves(folder: str | Path) -> pd.DataFrame:
+    """Every validation curve of the search.csv files under `folder`, one row per run and epoch:
+    search, preset, lr, proxy_lr, seed, epoch, R@1 (on the validation classes)."""
+    rows = []
+    for table in sorted(Path(folder).glob("*/search.csv")):
+        for run in pd.read_csv(table).to_dict("records"):
+            point = {k: run[k] if k in run and not pd.isna(run[k]) else None for k in ("lr", "proxy_lr")}
+            rows += [{"search": table.parent.name, "preset": run["preset"], **point, "seed": run["seed"],
+                      "epoch": epoch, "R@1": r1} for epoch, r1 in sorted(json.loads(run["val_curve"]))]
+    return pd.DataFrame(rows, columns=["search", "preset", "lr", "proxy_lr", "seed", "epoch", "R@1"])
+
+
 def _sort_key(value):
     try:
         return (0, float(value), "")
