@@ -186,8 +186,9 @@ print(pd.DataFrame(summary).T.to_string(float_format=lambda v: f"{v:.3g}"))
 # That first setting is how chapter 01 trained: with many classes at temperature 1, the positive
 # proxy's term $e^{-d_y/T} \le 1$ is a small part of a denominator holding $C - 1$ other terms, so
 # adding it changes the loss and its gradient very little. We should therefore not expect proxy
-# assignment *alone*, at the original temperature, to change training much; its effect shows together
-# with the low temperature of chapter 03. The training below measures it.
+# assignment *alone*, at the original temperature, to change training much. At a low temperature the
+# two losses part ways; a later section of this chapter reads a committed experiment that measures
+# what that does.
 #
 # ## Training with the positive in the denominator
 #
@@ -251,6 +252,68 @@ saved = {"size": size, "proxynca": excluded_run.metrics, "assignment": included_
 print(f"wrote {results / '02.json'}")
 
 # %% [markdown]
+# ## At the low temperature, trained to convergence: a pre-registered experiment
+#
+# The run above is one seed at temperature 1, where the two losses nearly coincide. Whether proxy
+# assignment matters at ProxyNCA++'s T = 1/9 needs more: `results/diagnostics/proxy-assignment`
+# trains the positive excluded against included, at T = 1/9 and at T = 1, with everything else as in
+# ProxyNCA++, 20 epochs, 5 seeds, and reports R@1 on validation classes held out of the training
+# classes. Its README wrote the hypothesis down before the runs: excluding the positive makes the
+# loss unbounded below, so at T = 1/9 it would keep pushing images that are already well placed and
+# *lower* R@1. The cell reads the committed results (nothing trains here).
+
+# %%
+from pnca_utils.experiments import ablation
+from pnca_utils.paths import results_dir
+
+diagnostic = results_dir() / "diagnostics" / "proxy-assignment"
+summary_pa = analysis.read_table(diagnostic / "ablation.csv", ["variant", "R@1 mean", "Δ R@1"])
+per_epoch = analysis.read_table(diagnostic / "epochs.csv", ["variant", "epoch", "loss", "grad_embeddings"])
+if summary_pa is None or per_epoch is None:
+    print(f"No committed results in {diagnostic}: see its README to regenerate them.")
+else:
+    seeds_pa = pd.read_csv(diagnostic / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
+    fig, (ax_r, ax_g) = plt.subplots(1, 2, figsize=(12, 4))
+    for t_name, colour in (("T = 1/9", "tab:blue"), ("T = 1", "tab:orange")):
+        pair = seeds_pa[[f"included, {t_name}", f"excluded, {t_name}"]]
+        for _, seed_row in pair.iterrows():
+            ax_r.plot([0, 1], seed_row.values, color=colour, alpha=0.6, marker="o")
+        ax_r.plot([], [], color=colour, label=t_name)
+    ax_r.set_xticks([0, 1], ["positive included", "positive excluded"])
+    ax_r.set_ylabel("validation R@1 (%)")
+    ax_r.set_title("each line one seed")
+    ax_r.legend()
+    means = per_epoch.groupby(["variant", "epoch"])[["loss", "grad_embeddings"]].mean()
+    curves(means.loc["included, T = 1/9"].index, {rule: means.loc[f"{rule}, T = 1/9", "grad_embeddings"]
+                                                  for rule in ("included", "excluded")},
+           "epoch", "gradient norm per embedding (mean of 5 seeds)", ax=ax_g, title="T = 1/9", logy=True)
+    fig.tight_layout()
+    plt.savefig(figures / "02_diagnostic.png", dpi=110, bbox_inches="tight")
+    plt.show()
+    for _, row in summary_pa.dropna(subset=["Δ R@1"]).iterrows():
+        print(f"{row['variant']} against {row['reference']}: Δ R@1 {row['Δ R@1']:+.1f} "
+              f"(95 % interval {row['Δ low']:+.1f} to {row['Δ high']:+.1f}): {ablation.verdict(row)}")
+    first, last = means.xs(means.index.get_level_values("epoch").min(), level="epoch"), \
+        means.xs(means.index.get_level_values("epoch").max(), level="epoch")
+    for rule in ("included", "excluded"):
+        name = f"{rule}, T = 1/9"
+        print(f"{name}: training loss {first.loc[name, 'loss']:.2f} -> {last.loc[name, 'loss']:.2f}, gradient norm "
+              f"{first.loc[name, 'grad_embeddings']:.3g} -> {last.loc[name, 'grad_embeddings']:.3g} "
+              f"({first.loc[name, 'grad_embeddings'] / last.loc[name, 'grad_embeddings']:.1f} times smaller)")
+
+# %% [markdown]
+# The prediction failed. At T = 1/9, excluding the positive *raises* validation R@1, with an interval
+# above zero; at T = 1 the two are the same within noise. The right panel shows what the hypothesis
+# missed. Under inclusion the loss saturates: by the last epochs most training images are nearest
+# their own proxy by many units of T, so $1 - p_y$ and with it the gradient almost vanish, and the
+# network stops learning from them. Under exclusion the pull never fades (the straight line of the
+# loss profile above), and the gradient stays near its first-epoch size. On this data set, where the
+# network fits every training image, the pull that never fades helped the held-out classes. The README
+# says why that is a new hypothesis, not a result, and chapter 07 shows the same sign on the test
+# classes. It is the opposite of what the paper argues, and it is one of the disagreements this book
+# reports rather than hides.
+
+# %% [markdown]
 # ## Summary
 #
 # - The original ProxyNCA leaves the positive proxy out of the softmax's denominator: its loss is
@@ -260,6 +323,9 @@ print(f"wrote {results / '02.json'}")
 #   of the original, never negative, with a gradient scaled by $1 - p_y$.
 # - With many classes at temperature 1 the two losses nearly coincide, so the change alone moves
 #   training little; the measured effect is in `results/02.json`.
+# - At T = 1/9, trained to convergence over 5 seeds, the included loss saturates and its gradient
+#   fades, and here the original, excluded loss did better on held-out classes: a pre-registered
+#   prediction that failed, and a disagreement with the paper.
 #
 # **Next.** Chapter 03 lowers the temperature. Dividing distances by a small $T$ sharpens the
 # softmax, and that is where a loss that saturates and one that does not part ways.
@@ -328,8 +394,8 @@ if solutions:
     sample = torch.utils.data.Subset(data.train, list(range(0, len(data.train), max(1, len(data.train) // 256)))[:256])
     sample.labels = np.asarray(data.train.labels)[sample.indices]
     emb, lab = embed(excluded_run.model, sample)
-    per_image = torch.stack([losses.proxy_nca_loss(emb[i:i + 1], lab[i:i + 1], excluded_run.proxies.detach())
-                             for i in range(len(emb))])
+    per_image = torch.as_tensor(analysis.per_image_losses(emb, lab, excluded_run.proxies, original.temperature,
+                                                         positive_in_denominator=False))
     factor = torch.sigmoid(per_image)
     print(f"4. excluded loss per image: min {per_image.min():.2f}, median {per_image.median():.2f}; "
           f"1 - p_y below 0.9 for {100 * (factor < 0.9).double().mean():.1f}% of the images "
