@@ -303,7 +303,7 @@ else:
 
 # %% [markdown]
 # The prediction failed. At T = 1/9, excluding the positive *raises* validation R@1, with an interval
-# above zero; at T = 1 the two are the same within noise. The right panel shows what the hypothesis
+# above zero; at T = 1 the difference is unresolved, its interval tight around zero. The right panel shows what the hypothesis
 # missed. Under inclusion the loss saturates: by the last epochs most training images are nearest
 # their own proxy by many units of T, so $1 - p_y$ and with it the gradient almost vanish, and the
 # network stops learning from them. Under exclusion the pull never fades (the straight line of the

@@ -4,6 +4,7 @@ import math
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from pnca_utils.experiments import ablation, parallel
 from pnca_utils.experiments.ablation import (COMPONENTS, Variant, grid, hdml_grid, mean_interval, proxynca_grid, run_grid,
@@ -108,11 +109,15 @@ def test_summary_pairs_seeds_and_marks_noise():
     assert b["within_noise"] is False and b["paper Δ R@1"] == -10.8 and b["n"] == 3
     assert b["R@1 mean"] == pytest.approx(128 / 3) and b["R@1 std"] == pytest.approx(2.516611, abs=1e-6)
     assert summary.loc["C", "within_noise"] is True  # diffs 1, -1, 0
+    # three comparisons (B, C, D): Bonferroni's interval is the paired one at level 1 - 0.05 / 3
+    half_all = stats.t.ppf(1 - 0.05 / 6, 2) * std / math.sqrt(3)
+    assert b["Δ low, all m"] == pytest.approx(mean - half_all) and b["Δ high, all m"] == pytest.approx(mean + half_all)
+    assert b["resolved_all"] is True and summary.loc["C", "resolved_all"] is False
     d = summary.loc["D"]  # one seed: a difference, but no interval and no verdict
     assert d["Δ R@1"] == 8 and math.isnan(d["Δ low"]) and d["within_noise"] is None
     assert math.isnan(summary.loc["A", "Δ R@1"]) and math.isnan(summary.loc["C", "paper Δ R@1"])
     table = to_markdown(summary.reset_index())
-    assert "(within noise)" in table.splitlines()[4] and "-10.8" in table.splitlines()[3]
+    assert "(unresolved)" in table.splitlines()[4] and "‡" in table.splitlines()[3] and "-10.8" in table.splitlines()[3]
     assert table.splitlines()[5].endswith("| +8.0 |  |")  # D: no interval, no paper value
 
 
@@ -124,12 +129,12 @@ def test_verdicts_and_two_grids_side_by_side():
     # longer training: B's drop vanishes into noise (diffs 1, -1, 0), C becomes a drop, D stays a gain; D missing seeds
     long = summarize(_runs({"A": {0: 60, 1: 62, 2: 64}, "B": {0: 61, 1: 61, 2: 64}, "C": {0: 50, 1: 53, 2: 55},
                             "D": {0: 70}}), variants)
-    assert [ablation.verdict(r) for _, r in short.iterrows()] == ["", "drop", "within noise", "gain"]
+    assert [ablation.verdict(r) for _, r in short.iterrows()] == ["", "drop", "unresolved", "gain"]
     table, changed = ablation.compare(short, long, ("4 ep", "8 ep"))
     assert list(table.index) == ["A", "B", "C", "D"]
     assert table.loc["B", "Δ R@1, 8 ep"] == 0 and table.loc["A", "R@1, 8 ep"] == 62
     assert table.loc["D", "verdict, 8 ep"] == ""  # one seed: no interval, no verdict, so no change is claimed
-    assert changed == ["B (drop → within noise)", "C (within noise → drop)"]
+    assert changed == ["B (drop → unresolved)", "C (unresolved → drop)"]
 
 
 def test_select_and_grid_names():

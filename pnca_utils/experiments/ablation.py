@@ -267,11 +267,18 @@ def mean_interval(values, level: float = 0.95) -> tuple[float, float, float, flo
 
 def summarize(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
     """Per variant: n, mean and std of each metric, the 95 % interval of R@1, and the paired Δ R@1 to its
-    reference (seeds matched; `within_noise` when the interval of Δ holds 0), beside the paper's Δ."""
+    reference (seeds matched; `within_noise` when the interval of Δ holds 0: the difference is unresolved),
+    beside the paper's Δ.
+
+    The grid makes one comparison per variant with a reference, m in all. "Δ low/high, all m" is the
+    paired interval at 1 − 0.05 / m (Bonferroni), and `resolved_all` says whether it excludes 0: at that
+    level, the chance that any of the m comparisons is resolved by seed noise alone is at most 5 %.
+    """
     metrics = [m for m in SUMMARY_METRICS if m in runs.columns]
     metrics += sorted((c for c in runs.columns if c.startswith("R@") and c not in metrics),
                       key=lambda c: int(c[2:]))
     by_name = {v.name: runs[runs["variant"] == v.name].set_index("seed") for v in variants}
+    comparisons = sum(1 for v in variants if v.reference and not by_name[v.name].empty)
     rows = []
     for v in variants:
         own = by_name[v.name]
@@ -281,15 +288,18 @@ def summarize(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
         for m in metrics:
             row[f"{m} mean"], row[f"{m} std"] = float(own[m].mean()), float(own[m].std(ddof=1)) if len(own) > 1 else math.nan
         _, _, row["R@1 low"], row["R@1 high"] = mean_interval(own["R@1"])
-        row.update({"Δ R@1": math.nan, "Δ low": math.nan, "Δ high": math.nan, "within_noise": None})
+        row.update({"Δ R@1": math.nan, "Δ low": math.nan, "Δ high": math.nan, "within_noise": None,
+                    "Δ low, all m": math.nan, "Δ high, all m": math.nan, "resolved_all": None})
         reference = by_name.get(v.reference) if v.reference else None
         if reference is not None and not reference.empty:
             seeds = own.index.intersection(reference.index)
             if len(seeds):
                 diff = own.loc[seeds, "R@1"] - reference.loc[seeds, "R@1"]
                 row["Δ R@1"], _, row["Δ low"], row["Δ high"] = mean_interval(diff)
+                _, _, row["Δ low, all m"], row["Δ high, all m"] = mean_interval(diff, 1 - 0.05 / comparisons)
                 if len(seeds) > 1:
                     row["within_noise"] = bool(row["Δ low"] <= 0 <= row["Δ high"])
+                    row["resolved_all"] = not row["Δ low, all m"] <= 0 <= row["Δ high, all m"]
         row["reference"] = v.reference or ""
         row["paper Δ R@1"] = v.paper_delta[0] if v.paper_delta else math.nan
         row["paper source"] = v.paper_delta[1] if v.paper_delta else ""
@@ -298,9 +308,11 @@ def summarize(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
 
 
 def verdict(row) -> str:
-    """A summary row's paired Δ R@1 in one word: 'drop', 'gain', 'within noise', or '' without an interval."""
+    """A summary row's paired Δ R@1 in one word: 'drop', 'gain', 'unresolved' (the interval holds 0: the
+    seeds cannot tell the difference from none, which is not the same as no difference), or '' without
+    an interval."""
     if row["within_noise"] is True:
-        return "within noise"
+        return "unresolved"
     if row["within_noise"] is False:
         return "gain" if row["Δ R@1"] > 0 else "drop"
     return ""
@@ -342,14 +354,30 @@ def to_markdown(summary: pd.DataFrame) -> str:
             if not math.isnan(r["Δ low"]):
                 delta += f" [{r['Δ low']:+.1f}, {r['Δ high']:+.1f}]"
             if r["within_noise"] is True:
-                delta += " (within noise)"
+                delta += " (unresolved)"
+            elif r["resolved_all"] is True:
+                delta += " ‡"
         paper_delta = "" if math.isnan(r["paper Δ R@1"]) else f"{r['paper Δ R@1']:+.1f}"
         cells = [r["variant"], str(int(r["n"])), _pm(r["R@1 mean"], r["R@1 std"]), interval,
                  *[_pm(r[f"{k} mean"], r[f"{k} std"]) for k in recall], _pm(r["NMI mean"], r["NMI std"]),
                  delta, paper_delta]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = sorted({f"paper Δ: {s}" for s in summary["paper source"] if s})
+    notes = _statistics_notes(summary) + sorted({f"paper Δ: {s}" for s in summary["paper source"] if s})
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def _statistics_notes(summary: pd.DataFrame) -> list[str]:
+    """How to read the paired intervals: the smallest difference they resolve, and the m comparisons at once."""
+    paired = summary[summary["within_noise"].notna()]
+    if paired.empty:
+        return []
+    half = (paired["Δ high"] - paired["Δ low"]) / 2
+    m = int(summary["Δ R@1"].notna().sum())
+    return [f"Δ's interval is the paired Student-t 95 % interval over seeds. Its half-width, from {half.min():.1f} "
+            f"to {half.max():.1f} points here, is about the smallest difference this grid can tell from zero; "
+            f"*unresolved* means the interval holds 0, not that the difference is 0.",
+            f"{m} comparisons at once: if nothing mattered, about {0.05 * m:.1f} of them would still come out "
+            f"resolved at 95 %. ‡ marks those whose Bonferroni interval (level 1 − 0.05 / {m}) also excludes 0."]
 
 
 def write_summary(runs: pd.DataFrame, variants: list[Variant], out: str | Path) -> pd.DataFrame:
