@@ -279,6 +279,28 @@ def test_adam_step_sizes_follow_lr_g_over_g_plus_eps():
         analysis.adam_step_sizes(g, steps=0)
 
 
+def test_proxy_turn_angles_match_adams_first_step_and_fall_as_length_squared():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    p = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    # reference: autograd's gradient, Adam's first step written out value by value, the angle by hand
+    raw = p.clone().requires_grad_(True)
+    losses.proxy_nca_loss(x, labels, raw, 1 / 9, True).backward()
+    expected = []
+    for z in range(4):
+        stepped = [p[z, k] - 0.3 * raw.grad[z, k] / (abs(raw.grad[z, k]) + 1.0) for k in range(5)]
+        stepped = torch.stack(stepped)
+        expected.append(math.acos(min(1.0, (p[z] @ stepped / (p[z].norm() * stepped.norm())).item())))
+    angles = analysis.proxy_turn_angles(x, labels, p, lr=0.3)
+    np.testing.assert_allclose(angles.numpy(), expected, rtol=1e-7)
+    # 4 times longer proxies: the same loss, gradients 4 times smaller, angles 16 times smaller (for gradients
+    # far below eps = 1, where the step is about lr · g: proxies 1000 times longer than the embeddings here)
+    small = analysis.proxy_turn_angles(x, labels, 1000 * p, lr=1e-3)
+    longer = analysis.proxy_turn_angles(x, labels, 4000 * p, lr=1e-3)
+    np.testing.assert_allclose((small / longer).numpy(), 16.0, rtol=0.01)
+
+
 def test_parameter_groups_and_step_scales():
     config = make_config("proxynca++", "ci", image_size=16, embedding_dim=8, weights=None)
     model, proxies = build(config, 1, 5)

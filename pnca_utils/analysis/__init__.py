@@ -22,7 +22,8 @@ from .embeddings import pick_classes, embed_classes, tsne
 from .proxy_loss import (proxy_configuration, proxy_loss_profile, assignment_profile, proxy_gaps,
                          neighbour_gaps, per_image_losses)
 from .pooling import feature_maps, box_cell_mask, winner_counts, region_shares
-from .gradients import GRADIENT_KEYS, proxy_gradient_split, adam_step_sizes, parameter_groups, step_scales
+from .gradients import (GRADIENT_KEYS, proxy_gradient_split, adam_step_sizes, proxy_turn_angles, parameter_groups,
+                        step_scales)
 from .batches import batch_composition
 from .layernorm import pooled_features, feature_statistics
 from .hardening import hardening_table
@@ -31,6 +32,6 @@ from .history import step_series, step_means_per_epoch
 __all__ = ["METRIC_COLUMNS", "metrics_table", "describe_change", "compare_to_reference", "read_table",
            "pick_classes", "embed_classes", "tsne", "proxy_configuration", "proxy_loss_profile",
            "assignment_profile", "proxy_gaps", "neighbour_gaps", "feature_maps", "box_cell_mask",
-           "winner_counts", "region_shares", "GRADIENT_KEYS", "proxy_gradient_split", "adam_step_sizes",
+           "winner_counts", "region_shares", "GRADIENT_KEYS", "proxy_gradient_split", "adam_step_sizes", "proxy_turn_angles",
            "parameter_groups", "step_scales", "batch_composition", "pooled_features", "feature_statistics",
            "hardening_table", "step_series", "step_means_per_epoch"]

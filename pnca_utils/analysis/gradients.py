@@ -58,6 +58,26 @@ def adam_step_sizes(gradients, lr: float = 1.0, eps: float = 1.0, steps: int = 1
     return np.array(sizes)
 
 
+def proxy_turn_angles(embeddings: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor, lr: float,
+                      temperature: float = 1 / 9, eps: float = 1.0) -> torch.Tensor:
+    """The angle (radians) by which each proxy turns in one `torch.optim.Adam` step (`lr`, `eps`) on
+    `losses.proxy_nca_loss` of one batch (the positive in the denominator, as in ProxyNCA++).
+
+    Adam's first step is lr · g / (|g| + eps) per value, so with eps = 1 and small gradients it is
+    about lr · g; the raw proxy's gradient falls as 1 / ||p||, and the angle a step turns the proxy by
+    as 1 / ||p||², which is why a proxy's rate must grow with ||p||² (chapter 05).
+    """
+    p = proxies.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([p], lr=lr, eps=eps)
+    losses.proxy_nca_loss(embeddings.detach(), torch.as_tensor(labels), p, temperature, True).backward()
+    before = p.detach().clone()
+    optimizer.step()
+    unit = torch.nn.functional.normalize(before, dim=1)
+    along = (p.detach() * unit).sum(1)
+    across = (p.detach() - along[:, None] * unit).norm(dim=1)
+    return torch.atan2(across, along)  # accurate for tiny angles, where acos of the cosine is not
+
+
 def parameter_groups(model: torch.nn.Module, proxies: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
     """{group: {"values": how many numbers, "norm": their L2 norm}} for the groups `fit`'s optimiser trains
     with their own learning rates: "backbone", "embedding layer" and (if given) "proxies"."""
