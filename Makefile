@@ -62,8 +62,10 @@ site: setup
 tune: setup
 	$(PY) -m pnca_utils tune --preset proxynca++ --size default --epochs 4 --quiet --jobs $(JOBS) \
 	  --grid lr=4e-3,2e-2,1e-1 --grid proxy_lr=4e2,4e3 --out results/tuning/proxynca++
-	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --quiet --jobs $(JOBS) \
-	  --grid lr=4e-3,1e-2,2e-2 --out results/tuning/proxynca
+	$(PY) -m pnca_utils tune --preset proxynca --size default --epochs 4 --seeds 2 --quiet --jobs $(JOBS) \
+	  --grid lr=1e-2,1e-1,0.5,1,2 --out results/tuning/proxynca
+	$(PY) -m pnca_utils tune --preset nca --size default --epochs 4 --seeds 2 --quiet --jobs $(JOBS) \
+	  --grid lr=4e-3,2e-2,1e-1,0.5 --out results/tuning/nca
 	$(PY) -m pnca_utils tune --preset triplet --size default --epochs 4 --quiet --jobs $(JOBS) \
 	  --grid lr=4e-3,2e-2,1e-1 --out results/tuning/triplet
 	$(PY) -m pnca_utils tune --preset npair --size default --epochs 4 --quiet --jobs $(JOBS) \

@@ -68,6 +68,20 @@
 # **other** proxies only ($z \ne y$). In `pnca_utils` this is
 # `losses.proxy_nca_loss(embeddings, labels, proxies, temperature=1.0, positive_in_denominator=False)`.
 #
+# **Proxies are the weights of a normalised softmax classifier.** For unit vectors,
+# $\lVert x - p \rVert^2 = 2 - 2\, x \cdot p$, so
+#
+# $$-\frac{\lVert x - p_z \rVert^2}{T} = \frac{2}{T}\, x \cdot p_z - \frac{2}{T}.$$
+#
+# The constant $-2/T$ is the same for every proxy and cancels in any softmax over them. What is left
+# is a linear classifier without bias: its weights are the normalised proxies and its logits are
+# scaled by $2/T$. (With the positive in the denominator, chapter 02's change, the loss is exactly that
+# classifier's cross-entropy; the checked cell below shows it.) The scale is why $T$ must be chosen.
+# Goldberger et al.'s NCA learns an unnormalised linear map $A$, and the length of $A x$ sets how
+# soft the softmax is, so the scale is learned. On the unit sphere, every logit lies between
+# $-2/T$ and $2/T$ whatever the network does: the sharpness of the softmax is fixed by $T$ alone,
+# a hyperparameter (chapter 03).
+#
 # At test time the proxies are thrown away: the test classes are new, so they have no proxies, and
 # retrieval compares test images with each other, as in chapter 00.
 
@@ -158,6 +172,16 @@ print(f"ProxyNCA, a1 (proxy_nca_loss):  {per_image[0]:.4f}")
 print("ProxyNCA, each image:           " + "  ".join(f"{n} {v:.4f}" for n, v in zip(names, per_image)))
 print(f"ProxyNCA, batch mean:           {losses.proxy_nca_loss(batch, batch_labels, proxies_2d).item():.4f}")
 
+# %%
+# NBVAL_CHECK_OUTPUT
+# The identity above on the worked example: the loss with the positive in the denominator (chapter 02)
+# is the cross-entropy of logits (2/T) x . p_z, for any T.
+for t in (1.0, 1 / 9):
+    with_positive = losses.proxy_nca_loss(batch, batch_labels, proxies_2d, t, positive_in_denominator=True).item()
+    classifier = torch.nn.functional.cross_entropy(batch @ proxies_2d.T * (2 / t), batch_labels).item()
+    print(f"T = {t:.3g}: proxy loss, positive in the denominator {with_positive:.6g}; "
+          f"cross-entropy of (2/T) x.p {classifier:.6g}")
+
 # %% [markdown]
 # The library agrees with the hand computation for a1. Read the per-image ProxyNCA losses with the
 # distance tables: each image's loss is its distance to its own proxy plus the log of a sum over
@@ -189,8 +213,27 @@ plt.show()
 # `make_config("proxynca", size)` is the 2017 recipe on our small CNN: temperature 1, the positive
 # proxy out of the denominator, average pooling, no LayerNorm, the proxies learned at the same rate
 # as the network, random batches, and a learning rate chosen on held-out *training* classes, as
-# chapter 00's protocol requires. Each later chapter switches on one enhancement of ProxyNCA++
-# against exactly this config. `fit(config, data)` trains it and evaluates it on the test classes;
+# chapter 00's protocol requires.
+#
+# **Where we depart from 2017, and why.** The original trained an Inception network with its own
+# optimiser. We train every method with the optimiser of ProxyNCA++, Adam with $\epsilon = 1$, so that
+# later comparisons change the loss and its components, not the optimiser. That choice has a cost
+# the baseline must not pay: under $\epsilon = 1$ small gradients take small steps (chapter 05), so the
+# baseline needs a far larger learning rate than ProxyNCA++, and a rate borrowed from ProxyNCA++ leaves
+# it barely trained. Its rate therefore has its own search on validation classes
+# (`results/tuning/proxynca`, five rates from 1e-2 to 2, two seeds), and the converged grid of
+# chapter 07 gives it its own budget and image size (`results/tuning/curves-56px`). The cell below
+# prints both.
+#
+# **The design of the next chapters.** Chapter 02 changes one switch of *this* config, the positive
+# in the denominator. Chapters 03 to 06 work the other way round: each starts from the full
+# ProxyNCA++ config, `make_config("proxynca++", size)`, and removes one enhancement, keeping every
+# other one on. Their reference runs are therefore ProxyNCA++ runs, with another untrained network
+# (max pooling, LayerNorm, larger images) and other rates than this chapter's; the cell below lists
+# what differs. Chapter 07 puts both designs side by side: each component removed from ProxyNCA++,
+# and each added to ProxyNCA in turn.
+#
+# `fit(config, data)` trains a config and evaluates it on the test classes;
 # `untrained_metrics(config, data)` evaluates the same network before its first step (the CNN
 # pretrained on the source task, with a random embedding layer). The chapters call `fit` through
 # `runs.cached_fit(config, data, root)`, which keeps each run's checkpoint under `root`, one folder
@@ -218,6 +261,15 @@ print("shared: " + ", ".join(f"{k}={shared[k]}" for k in
                              if k in shared))
 print("settings that differ:")
 print(differ.to_string())
+plus_config = make_config("proxynca++", size, seed=seed, **overrides)
+plus_differs = {k: (v, plus_config.to_dict()[k]) for k, v in proxynca_config.to_dict().items()
+                if plus_config.to_dict()[k] != v and k not in ("eval_every",)}
+print("\nProxyNCA (this chapter) against ProxyNCA++ (the reference of chapters 03 to 06): "
+      + "; ".join(f"{k} {a} vs {b}" for k, (a, b) in plus_differs.items()))
+converged_baseline = make_config("proxynca", "converged")
+print(f"the baseline's validated settings: lr {proxynca_config.lr:g} at size {size!r}; at size 'converged' "
+      f"(chapter 07's grid) lr {converged_baseline.lr:g}, {converged_baseline.epochs} epochs, "
+      f"{converged_baseline.image_size} px")
 if size == "ci":
     print("\nsize='ci' is a smoke test: every number below only shows that the code runs, and differences "
           "between them are noise. Run the chapter at size='default' for numbers worth reading.")
@@ -328,6 +380,33 @@ print(f"{verdict}, from one seed{' at the smoke-test size' if size == 'ci' else 
 # across its four data sets, from the enhancements the next chapters add to this baseline one at a
 # time.
 #
+# **How much does one seed tell?** Every run in chapters 01 to 06 is one seed. The committed
+# converged grid (chapter 07, `results/converged`) trained each config with five seeds, so it shows
+# how far R@1 moves when only the seed changes:
+
+# %%
+from pnca_utils.paths import results_dir
+
+grid_runs = analysis.read_table(results_dir() / "converged" / "runs.csv", ["variant", "seed", "R@1"])
+if grid_runs is None:
+    print("No committed converged grid: see results/converged/README.md to regenerate it.")
+else:
+    spread = grid_runs.groupby("variant")["R@1"].agg(["std", lambda r: r.max() - r.min()])
+    spread.columns = ["std", "range"]
+    print(f"R@1 over 5 seeds of one config, across the grid's {len(spread)} configs: standard deviation "
+          f"{spread['std'].min():.1f} to {spread['std'].max():.1f} (median {spread['std'].median():.1f}); "
+          f"best minus worst seed {spread['range'].min():.1f} to {spread['range'].max():.1f} "
+          f"(median {spread['range'].median():.1f}) points")
+    for name in ("ProxyNCA", "ProxyNCA++"):
+        if name in spread.index:
+            print(f"  {name}: standard deviation {spread.loc[name, 'std']:.1f}, range {spread.loc[name, 'range']:.1f}")
+
+# %% [markdown]
+# Keep these numbers at hand. A single-seed difference smaller than the typical best-minus-worst
+# range could come from the seed alone, and the chapters' short runs, stopped before convergence,
+# may vary more than the converged ones. The chapters' single runs show *how* a component acts
+# (gradients, distances, pooling maps); whether it helps is read from the five-seed grid of chapter 07.
+#
 # ## How the training went
 #
 # `fit` returns a `history`: a row per step (`loss`, gradient norms) and a row per epoch (mean loss,
@@ -348,13 +427,24 @@ for name, run in [("ProxyNCA", proxynca), ("NCA", nca)]:
 c, t = data.num_train_classes, proxynca_config.temperature
 print(f"With {c} classes and temperature {t:g}, one image's ProxyNCA loss lies between "
       f"{math.log(c - 1) - 4 / t:.2f} and {math.log(c - 1) + 4 / t:.2f}; log(C - 1) = {math.log(c - 1):.2f}.")
+# With near-orthogonal negatives (d = 2 to each), the loss is d(x, p_y)/T - 2/T + log(C - 1): read d(x, p_y) off it.
+floor = math.log(c - 1) - 2 / t
+final_loss = np.mean([s["loss"] for s in proxynca.history["steps"]][-20:])
+print(f"With every negative proxy at squared distance 2 (orthogonal), the loss is d(x, p_y)/T + {floor:.2f}: "
+      f"{floor:.2f} when the positive proxy is reached. ProxyNCA's last 20 batches average {final_loss:.2f}, "
+      f"so a typical image sits at d(x, p_y) = {t * (final_loss - floor):.2f} from its own proxy, against 2 "
+      f"from the others.")
 
 # %% [markdown]
 # What to notice: each run is plotted with its own loss, so compare how the curves *fall*, not
 # their heights; the faint lines are single batches, the solid ones a moving average. The ProxyNCA
-# loss has little room to fall: every squared distance of unit vectors lies between 0 and 4, so
-# with temperature 1 and many classes the loss of an image is pinned near $\log(C - 1)$ (the last
-# line printed above gives its exact range). The right panel is what retrieval cares about: R@1 on
+# loss has a narrow range: every squared distance of unit vectors lies between 0 and 4, so at
+# temperature 1 an image's loss lies within $\log(C - 1) \pm 4$, and the realistic floor is lower
+# still. Random proxies in 64 dimensions are nearly orthogonal, at squared distance about 2 from any
+# embedding that is not near them, so the loss is $d(x, p_y) - 2 + \log(C - 1)$: its floor, reached
+# when every image sits on its proxy, is $\log(C - 1) - 2$. The last printed line turns the final loss
+# into a distance, a diagnostic worth keeping: it says how much nearer its own proxy an image is than
+# the others, which a raw loss value hides. The right panel is what retrieval cares about: R@1 on
 # the test classes after each epoch, against the untrained network (dashed). A falling loss does not
 # guarantee a rising R@1, because the loss is measured on training classes and R@1 on classes never
 # seen.

@@ -86,7 +86,7 @@ from pnca_utils.training import build, embed, untrained_metrics
 
 figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device=device)
 full = make_config("proxynca++", size, seed=seed, **overrides)
-# Runs that report only their final metrics evaluate once, after the last epoch, as chapter 07's grid does.
+# Runs that report only their final metrics evaluate once, after the last epoch (it changes no training step).
 final_only = {"eval_every": full.epochs}
 gradient_labels = {"grad_embeddings": "per embedding", "grad_embedding_layer": "embedding layer",
                    "grad_backbone": "backbone", "grad_proxies": "all proxies"}
@@ -174,7 +174,7 @@ print(f"here (embedded set): proxies {full.proxy_lr:g}, backbone {full.lr:g}, ra
 #
 # Two runs that differ only in the proxies' learning rate: the full ProxyNCA++ model (proxies at
 # `proxy_lr`, shared with the other chapters through `runs.cached_fit`) and the same model with
-# `proxy_lr=None` (proxies at the backbone's rate; also a run of chapter 07's ablation grid). `fit`
+# `proxy_lr=None` (proxies at the backbone's rate, chapter 07's "− fast proxies" at this size). `fit`
 # records four gradient norms at every step (`history["steps"]`): the mean norm per embedding, and
 # the norms of the whole gradient of the embedding layer, of the backbone and of the proxies.
 
