@@ -43,7 +43,7 @@
 # \qquad \hat v = v / \lVert v \rVert,$$
 #
 # trained with Adam ($\epsilon = 1$) on class-balanced batches, the proxies with a learning rate
-# some $10^5$ times the network's (chapter 05).
+# some $10^5$ times the network's at $D = 2048$ (chapter 05: a proxy rate is tied to the embedding size).
 
 # %% tags=["parameters"]
 size = "default"
@@ -57,6 +57,7 @@ device = "cpu"
 epochs = None
 embedding_dim = 2048
 results_dir = None
+images_per_second = 1000.0  # an assumed training speed (see "What a run costs"); replace it with your GPU's
 
 # %%
 import json
@@ -205,6 +206,53 @@ print(f"The ablation line trains {len(proxynca_grid())} variants x 3 seeds = {gr
 #
 # Anything else is a `--set key=value` away, for instance `--set lr=4e-3` (the paper text's backbone
 # rate, for SOP and In-Shop), `--set epochs=10 --set warmup_epochs=1` for a quick check, or `--set num_workers=16`.
+#
+# ## What a run costs
+#
+# Before the first command, know what it asks of the machine. `reproduction.run_budget` counts a
+# preset's work from its settings and the standard splits' sizes: steps per epoch (the balanced
+# sampler draws as many batches as the training images fill), epochs (warm-up included), the
+# images trained on and the images embedded by the evaluations. Memory is measured, not guessed:
+# `reproduction.saved_activation_bytes` runs one ResNet-50 forward pass here on the CPU and adds up
+# what autograd keeps for the backward pass, per image. Weights, gradients and Adam's two moments
+# take four floats per network or proxy value; a checkpoint stores three of them.
+#
+# Time is the one number a CPU cannot measure for a GPU. The table converts the work into hours at an
+# assumed `images_per_second` (a parameter of this chapter: 1,000 images per second is our assumption
+# for an A100-class GPU with mixed precision and 8 loader processes decoding JPEGs, not a
+# measurement), counting an evaluated image as a third of a trained one (a forward pass only). Your
+# first **train** run records its seconds per epoch in `history.json`: divide the images per epoch by
+# it, set `images_per_second`, and the table becomes your machine's.
+
+# %%
+from pnca_utils.models import build_model
+
+resnet = build_model("resnet50", 3, PAPER_DIMS[0], "max", True, weights=None)  # random weights: only sizes matter
+network_values = sum(p.numel() for p in resnet.parameters())
+budget = pd.DataFrame({name: reproduction.run_budget(name, embedding_dim) for name in DATA_PRESETS}).T
+for name in budget.index:
+    preset, row = DATA_PRESETS[name], budget.loc[name]
+    per_image = reproduction.saved_activation_bytes(resnet, preset["image_size"])
+    values = network_values + row["proxy values"]
+    budget.loc[name, "activations / batch, fp32 (GiB)"] = per_image * preset["batch_size"] / 2 ** 30
+    budget.loc[name, "weights, gradients, Adam (GiB)"] = 4 * 4 * values / 2 ** 30
+    budget.loc[name, "checkpoint (GiB)"] = 3 * 4 * values / 2 ** 30
+    budget.loc[name, "hours per run"] = (row["images trained"] + row["images evaluated"] / 3) / images_per_second / 3600
+print(f"ResNet-50 with a {embedding_dim}-d embedding: {network_values / 1e6:.1f} M values; "
+      f"{per_image / 2 ** 20:.0f} MiB kept for backward per {DATA_PRESETS['cub']['image_size']}-px image (float32)")
+print(budget.to_string(float_format=lambda v: f"{v:,.3g}"))
+grid_size = len(proxynca_grid())
+print(f"\nThe ablation line trains {grid_size} variants x 3 seeds = {3 * grid_size} runs: about "
+      + ", ".join(f"{name} {3 * grid_size * budget.loc[name, 'hours per run']:,.0f} h" for name in budget.index)
+      + f" of GPU time at {images_per_second:,.0f} images per second.")
+
+# %% [markdown]
+# What to notice: the GPU must hold the activations of one batch (mixed precision keeps most of them
+# in 16 bits, about half the float32 column) plus the weights, gradients and Adam's moments, and some
+# working space; SOP's larger batch dominates. SOP's 11,318 proxies are the largest part of its
+# optimiser state at 2048 dimensions. A run's folder holds one checkpoint (it is overwritten each
+# epoch), so the disk needed is the data set plus one checkpoint per run: the ablation grid keeps
+# every run's. Before the ablation line, check its hours: it is the most expensive command here.
 #
 # ## Training here
 
@@ -367,8 +415,10 @@ print(f"wrote {results / '09.json'}")
 #
 # 1. Adam with $\epsilon = 1$: for one parameter and gradients $g$ from $10^{-4}$ to $10$, compare the
 #    first Adam step at $\epsilon = 1$ and at $\epsilon = 10^{-8}$ with $\text{lr} \cdot g$ and with
-#    $\text{lr} \cdot \operatorname{sign}(g)$. Using the proxies' gradient norm of this chapter's run,
-#    explain why the proxies need a learning rate near $10^{2}$–$10^{3}$.
+#    $\text{lr} \cdot \operatorname{sign}(g)$. Using the proxies' gradient norm of this chapter's run
+#    and chapter 05's turning rule (a proxy of length $\sqrt{D}/8$ turns by about
+#    $\text{lr}_p\, g / \lVert p \rVert^2$ per step), explain why the proxies need a rate of a few hundred
+#    at $D = 2048$, and what the same rule gives at $D = 512$ and at the book's $D = 64$.
 # 2. Build the 512-d SOP preset and list every setting in which it differs from the 2048-d CUB preset.
 #    How many numbers do the proxies hold, for $C$ training classes, at each embedding size?
 # 3. Follow the authors' schedule recipe on the smoke-test tree: train with `eval_split="val"` and
@@ -405,6 +455,12 @@ if solutions:
           f"the proxies' rate {config.proxy_lr:g}, by {move['backbone']:.2g} at the backbone's rate {config.lr:g}: "
           f"{typical / move['backbone']:.0f} steps to move a proxy by its own size, against "
           f"{max(1.0, typical / move['proxies']):.0f} at the proxies' rate.")
+    # Chapter 05: a proxy starts at length sqrt(D)/8 and turns by about lr_p g / ||p||^2, so at a fixed turn
+    # per step the rate scales with D. The smoke test's proxies are not the paper's: its D is the chapter's.
+    paper_rate, paper_dim = DATA_PRESETS["cub"]["proxy_lr"], PAPER_DIMS[0]
+    print("   the same turn per step as the paper's " + f"{paper_rate:g} at D = {paper_dim}: "
+          + ", ".join(f"{paper_rate * d / paper_dim:g} at D = {d}" for d in (PAPER_DIMS[1], 64))
+          + " (chapter 05 measures the rule, and the book's own proxy-rate search tests it).")
 
 # %%
 if solutions:

@@ -11,6 +11,7 @@ from pnca_utils.config import make_config
 from pnca_utils.data.real import load_folder
 from pnca_utils.paper import PROXYNCA_PP
 from pnca_utils.experiments.reproduction import (commands, find_runs, is_paper_method, make_toy_folder, preset_differences,
+                                                run_budget, saved_activation_bytes,
                                      results_table, runs_table, table_records)
 
 
@@ -120,3 +121,25 @@ def test_ablation_and_evaluate_commands_parse():
         assert args.device == "cuda"
     args = parser().parse_args(shlex.split(lines["ablation"])[3:])
     assert (args.size, args.dataset, args.data_root, args.set) == ("paper", "cub", "/data/cub", ["weights=/w/r50.pth"])
+
+
+def test_run_budget_follows_the_preset_and_the_split_sizes():
+    cub = run_budget("cub")
+    assert cub["steps per epoch"] == 5_864 // 32 == 183 and cub["epochs"] == 45
+    assert cub["steps"] == 183 * 45 and cub["images trained"] == 183 * 45 * 32
+    assert cub["images evaluated"] == 45 * 5_924  # evaluated after every epoch
+    sop = run_budget("sop", embedding_dim=512)
+    assert sop["steps per epoch"] == 59_551 // 192 == 310 and sop["epochs"] == 85
+    assert sop["images evaluated"] == 17 * 60_502  # every 5 epochs: 5, 10, ..., 85
+    assert sop["proxy values"] == 11_318 * 512
+    with pytest.raises(ValueError, match="no paper preset"):
+        run_budget("embedded")
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps_per_image():
+    import torch
+
+    # the first Linear saves its input (1 x 2 x 2 floats per image, 16 bytes), ReLU its output (5 floats, 20 bytes),
+    # which the second Linear saves too (one storage, counted once) with its weight: a parameter, not an activation
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    assert saved_activation_bytes(model, image_size=2, channels=1) == 16 + 20

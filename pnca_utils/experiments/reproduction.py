@@ -200,6 +200,54 @@ def commands(dataset: str = "cub", data_root: str = "DATA_ROOT", weights: str = 
     }
 
 
+# The standard splits' sizes (images): training classes, and what is embedded at each evaluation.
+TRAIN_IMAGES = {"cub": 5_864, "cars": 8_054, "sop": 59_551, "inshop": 25_882}
+EVAL_IMAGES = {"cub": 5_924, "cars": 8_131, "sop": 60_502, "inshop": 14_218 + 12_612}  # In-Shop: query + gallery
+TRAIN_CLASSES = {"cub": 100, "cars": 98, "sop": 11_318, "inshop": 3_997}
+
+
+def run_budget(dataset: str, embedding_dim: int | None = None) -> dict[str, float]:
+    """How much one run of the paper's preset for `dataset` computes, from the preset and the split sizes.
+
+    Returns steps per epoch (the class-balanced sampler draws len(train) // batch batches), epochs,
+    total steps, training images seen, images embedded by the evaluations (every `eval_every`
+    epochs and the last), and the number of values in the proxies (classes × D).
+    """
+    if dataset not in DATA_PRESETS:
+        raise ValueError(f"dataset {dataset!r} has no paper preset; choose one of {', '.join(PAPER_DATASETS)}")
+    preset = DATA_PRESETS[dataset]
+    steps = TRAIN_IMAGES[dataset] // preset["batch_size"]
+    evaluations = len(set(range(preset.get("eval_every", 1), preset["epochs"] + 1, preset.get("eval_every", 1)))
+                      | {preset["epochs"]})
+    return {"steps per epoch": steps, "epochs": preset["epochs"], "steps": steps * preset["epochs"],
+            "images trained": steps * preset["epochs"] * preset["batch_size"],
+            "images evaluated": evaluations * EVAL_IMAGES[dataset],
+            "proxy values": TRAIN_CLASSES[dataset] * (embedding_dim or preset["embedding_dim"])}
+
+
+def saved_activation_bytes(model, image_size: int, channels: int = 3) -> int:
+    """Bytes that autograd keeps for the backward pass of one image through `model` (float32, train mode).
+
+    Measured, not estimated: every tensor saved for backward is counted once (by its storage), through
+    `torch.autograd.graph.saved_tensors_hooks`. A batch of B keeps about B times as much; mixed
+    precision keeps most of it in 16 bits, about half.
+    """
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.zeros(2, channels, image_size, image_size)).sum()  # 2 images: BatchNorm needs more than one
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(b for ptr, b in seen.items() if ptr not in parameters) // 2
+
+
 _SHAPES = ("disc", "square", "triangle", "cross")
 _COLOURS = {"red": (220, 50, 40), "green": (40, 170, 60), "blue": (50, 80, 220)}
 
