@@ -375,7 +375,8 @@ print(f"{verdict}, from one seed{' at the smoke-test size' if size == 'ci' else 
 # %% [markdown]
 # How to read this comparison: it is one seed of two *recipes*, not a test of the loss alone. The
 # settings table shows what else differs: the NCA preset draws class-balanced batches, which NCA
-# needs (exercise 2), uses a lower temperature, and may train at a learning rate of its own;
+# needs (exercise 2), uses a lower temperature, and trains at a learning rate of its own, searched on
+# validation classes like the baseline's (`results/tuning/nca`);
 # chapter 03 studies the temperature, chapter 06 the batches. The ProxyNCA++ paper reports R@1 on average 22.9 points above the original ProxyNCA
 # across its four data sets, from the enhancements the next chapters add to this baseline one at a
 # time.
