@@ -5,7 +5,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
-DATASETS = ("embedded", "cub", "cars", "sop", "inshop", "folder")
+DATASETS = ("embedded", "embedded-many", "cub", "cars", "sop", "inshop", "folder")
+GENERATED = ("embedded", "embedded-many")  # made from scikit-learn's digits (pnca_utils.data.embedded): no data_root
 METHODS = ("proxynca", "nca", "triplet", "npair", "hdml-triplet", "hdml-npair")
 SIZES = ("ci", "default", "full")  # the book's compute budgets (see SIZE_PRESETS)
 PAPER_SIZE = "paper"  # make_config's size for the paper's own settings on a real data set (see DATA_PRESETS)
@@ -129,7 +130,7 @@ class Config:
                                                 or self.classes_per_batch < 2):
             raise ConfigError(f"method {self.method!r} needs sampler='balanced', images_per_class >= 2 and "
                               "batch_size >= 2 * images_per_class: every batch needs positives and negatives")
-        if self.dataset != "embedded" and self.data_root is None:
+        if self.dataset not in GENERATED and self.data_root is None:
             raise ConfigError(f"dataset {self.dataset!r} needs data_root: the folder you put it in")
         return self
 

@@ -159,3 +159,19 @@ def test_digit_boxes_are_rebuilt_when_damaged_and_refuse_other_images(tmp_path):
     other[2] ^= 1
     with pytest.raises(embedded.DataError, match="image 2"):
         embedded._replay_boxes(SMALL, other)
+
+
+def test_many_class_variant_has_many_small_disjoint_classes():
+    from pnca_utils.config import make_config
+    from pnca_utils.data import load_data
+
+    spec = embedded.EMBEDDED_SPECS["embedded-many"]
+    data = load_data("embedded-many", image_size=32)
+    train, test = np.asarray(data.train.labels), np.asarray(data.test.labels)
+    assert data.name == "embedded-many" and data.num_train_classes == spec.num_classes // 2 == 1100
+    assert set(np.bincount(train).tolist()) == {5} and len(test) == 5 * 1100
+    assert not set(data.train.classes) & set(data.test.classes)
+    names = load_arrays(spec)["class_names"]
+    assert len(set(names)) == len(names) == 2200 and {len(n) for n in names} == {4}
+    # generated like the default set: no data_root needed
+    assert make_config("proxynca++", "ci", dataset="embedded-many").validate().dataset == "embedded-many"

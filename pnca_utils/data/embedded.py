@@ -49,6 +49,17 @@ class EmbeddedSpec:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
+# The embedded set and its many-class variant. 'embedded-many' has 2,200 classes of 5 images (1,100 to
+# train on), like SOP's many, rarely seen classes, where 'embedded' has 200 of 40; it takes four digits
+# per class, since three give only 1,000 sequences. Same seed and glyph pools; no source task of its
+# own (the small CNN is pretrained on the default set's). Used by results/diagnostics (fast proxies,
+# class-balanced batches).
+EMBEDDED_SPECS: dict[str, EmbeddedSpec] = {
+    "embedded": EmbeddedSpec(),
+    "embedded-many": EmbeddedSpec(num_classes=2200, images_per_class=5, digits_per_class=4, source_images=0),
+}
+
+
 def _glyph_pools(seed: int) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Split the bundled digits into (source, retrieval) pools of 16×16 glyphs in [0, 1], by digit."""
     from sklearn.datasets import load_digits
@@ -118,6 +129,7 @@ def _render_with_box(rng: np.random.Generator, digits: tuple[int, ...], size: in
         y, x = int(rng.integers(0, 5)), k * (GLYPH + gap) + 2
         np.maximum(strip[y:y + GLYPH, x:x + GLYPH], g, out=strip[y:y + GLYPH, x:x + GLYPH])
     scale = rng.uniform(0.7, 1.1) * min(1.0, (size - 4) / strip.shape[1])
+    scale = min(scale, size / strip.shape[1])  # a long strip (4 digits) must still fit; never binds for 3
     h, w = max(6, round(strip.shape[0] * scale)), max(6, round(strip.shape[1] * scale))
     fg = np.asarray(Image.fromarray((strip * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR), np.float32) / 255.0
     image = _clutter(rng, size, pool)
@@ -148,7 +160,8 @@ def _build(spec: EmbeddedSpec) -> dict[str, np.ndarray]:
     labels = np.repeat(np.arange(spec.num_classes), spec.images_per_class)
     images = np.stack([_render(rng, class_digits[y], spec.image_size, retrieval_pool) for y in labels])
     source_labels = rng.integers(0, 10, spec.source_images)
-    source_images = np.stack([_render(rng, (int(y),), spec.image_size, source_pool) for y in source_labels])
+    source_images = (np.stack([_render(rng, (int(y),), spec.image_size, source_pool) for y in source_labels])
+                     if spec.source_images else np.zeros((0, spec.image_size, spec.image_size), np.uint8))
     names = np.array(["".join(map(str, d)) for d in class_digits])
     return {"images": images, "labels": labels, "class_names": names,
             "source_images": source_images, "source_labels": source_labels}
@@ -195,8 +208,9 @@ def load_embedded(image_size: int = 48, spec: EmbeddedSpec = EmbeddedSpec(),
     labels, half = arrays["labels"], spec.num_classes // 2
     train, test = labels < half, labels >= half
     images = resize_images(arrays["images"], image_size)
+    name = next((n for n, known in EMBEDDED_SPECS.items() if known == spec), f"embedded-{spec.key()}")
     return RetrievalData(
-        name="embedded",
+        name=name,
         train=TensorImageDataset(images[train], labels[train], tensor_transforms(image_size, image_size, train=True)),
         test=TensorImageDataset(images[test], labels[test], tensor_transforms(image_size, image_size, train=False)),
         recall_ks=(1, 2, 4, 8),
