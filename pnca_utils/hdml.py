@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +167,24 @@ class HDMLTerms:
     j_gen_avg: float = math.inf  # the running mean of J_gen in the synthetic weight
     far: torch.Tensor | None = None  # (rows,) bool: d- > d+, the negatives the rule moves
     synthetic_accuracy: float = math.nan  # share of synthetic negatives the classifier puts in the negative's class
+    hardness: dict = field(default_factory=dict)  # `anchor_distances` of this batch's negatives
+
+
+def anchor_distances(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, hardened: torch.Tensor,
+                     synthetic: torch.Tensor) -> dict[str, float]:
+    """How hard the negatives are, on the unit sphere the metric losses see (each row of the (rows, D)
+    inputs is L2-normalised first): the mean distance from the anchor to the real negative
+    (``d_negative``), to the hardened one (``d_hardened``, before the generator), to the synthetic
+    one (``d_synthetic``, after the generator and the embedding layer) and to the positive
+    (``d_positive``); and the shares of real and synthetic negatives nearer to the anchor than its
+    positive (``nearer_real``, ``nearer_synthetic``).
+    """
+    a, p, n, h, s = (F.normalize(t.detach(), dim=1) for t in (anchor, positive, negative, hardened, synthetic))
+    d_pos, d_neg, d_syn = (a - p).norm(dim=1), (a - n).norm(dim=1), (a - s).norm(dim=1)
+    return {"d_positive": float(d_pos.mean()), "d_negative": float(d_neg.mean()),
+            "d_hardened": float((a - h).norm(dim=1).mean()), "d_synthetic": float(d_syn.mean()),
+            "nearer_real": float((d_neg < d_pos).float().mean()),
+            "nearer_synthetic": float((d_syn < d_pos).float().mean())}
 
 
 class HDML(nn.Module):
@@ -256,7 +274,8 @@ class HDML(nn.Module):
         cls = F.cross_entropy(self.classifier(feats.detach()), labels)
         return HDMLTerms(emb, metric, real, synthetic, recon_loss, soft, gen, cls, lambdas.detach(),
                          j_avg, synthetic_weight, hardening_factor=_exp_factor(self.alpha, j_avg),
-                         j_gen_avg=j_gen_avg, far=far.detach(), synthetic_accuracy=synthetic_accuracy)
+                         j_gen_avg=j_gen_avg, far=far.detach(), synthetic_accuracy=synthetic_accuracy,
+                         hardness=anchor_distances(emb[a], emb[p], emb[n], hardened, synthetic_emb))
 
     def backward(self, terms: HDMLTerms, metric_params) -> dict:
         """Gradients of J_metric on ``metric_params`` (accumulated into .grad; zero them first),
@@ -273,7 +292,10 @@ class HDML(nn.Module):
         * ``synthetic_weight``: 1 - exp(-beta / J_gen_avg), the weight of the synthetic term;
         * ``j_m_real``, ``j_m_synthetic``, ``j_gen``, ``j_recon``, ``j_soft``, ``j_cls``: this step's losses;
         * ``synthetic_accuracy``: the share of synthetic negatives the (frozen) classifier assigns to
-          the negative's class, what the softmax term of J_gen asks for.
+          the negative's class, what the softmax term of J_gen asks for;
+        * ``d_positive``, ``d_negative``, ``d_hardened``, ``d_synthetic``, ``nearer_real``,
+          ``nearer_synthetic``: how hard the negatives are before and after the generator
+          (`anchor_distances`).
         """
         for name, value, field in (("J_gen", terms.gen, "hdml_generator_lr"),
                                    ("J_cls", terms.cls, "hdml_classifier_lr")):
@@ -299,7 +321,7 @@ class HDML(nn.Module):
                 "share_far": float(far.float().mean()), "synthetic_accuracy": terms.synthetic_accuracy,
                 "j_m_real": terms.real.item(), "j_m_synthetic": terms.synthetic.item(),
                 "j_gen": terms.gen.item(), "j_recon": terms.recon.item(), "j_soft": terms.soft.item(),
-                "j_cls": terms.cls.item()}
+                "j_cls": terms.cls.item(), **terms.hardness}
 
     def train_step(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                    metric_params, inspect=None) -> tuple[HDMLTerms, dict]:

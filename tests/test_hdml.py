@@ -10,7 +10,8 @@ from pnca_utils.hdml import HDML, RunningMean, harden_negative
 from pnca_utils.training import build, fit, untrained_metrics
 
 HDML_KEYS = {"j_avg", "j_gen_avg", "hardening_factor", "lambda", "lambda_far", "share_far", "synthetic_weight",
-             "synthetic_accuracy", "j_m_real", "j_m_synthetic", "j_gen", "j_recon", "j_soft", "j_cls"}
+             "synthetic_accuracy", "j_m_real", "j_m_synthetic", "j_gen", "j_recon", "j_soft", "j_cls", "d_positive",
+             "d_negative", "d_hardened", "d_synthetic", "nearer_real", "nearer_synthetic"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -328,3 +329,19 @@ def test_synthetic_accuracy_counts_the_negatives_class(preset, share):
     # triplet: every class is the negative of 3 of the 4 anchor classes equally often; N-pair: p_0 in 7 of 56 rows
     assert terms.synthetic_accuracy == pytest.approx(share)
     assert terms.far.dtype == torch.bool and terms.far.shape == terms.lambdas.shape
+
+
+def test_anchor_distances_by_hand():
+    from pnca_utils.hdml import anchor_distances
+
+    # unit-length rows after normalisation: the anchor (1, 0); the positive at 90 degrees (distance sqrt 2);
+    # the real negative opposite (distance 2), hardened to 90 degrees the other way, synthetic at the anchor
+    a = torch.tensor([[2.0, 0.0]])
+    p = torch.tensor([[0.0, 3.0]])
+    n = torch.tensor([[-1.0, 0.0]])
+    h = torch.tensor([[0.0, -5.0]])
+    s = torch.tensor([[4.0, 0.0]])
+    d = anchor_distances(a, p, n, h, s)
+    assert d["d_positive"] == pytest.approx(2 ** 0.5) and d["d_negative"] == pytest.approx(2.0)
+    assert d["d_hardened"] == pytest.approx(2 ** 0.5) and d["d_synthetic"] == pytest.approx(0.0)
+    assert d["nearer_real"] == 0.0 and d["nearer_synthetic"] == 1.0
