@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import html
 import json
 import os
 import sys
@@ -257,42 +256,6 @@ def as_reference(nb, out_dir: str = REFERENCE_OUT_DIR):
     return nb
 
 
-def _chapter_title(nb, fallback: str) -> str:
-    """The first markdown heading of a notebook, without its hashes."""
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("#"):
-                    return line.lstrip("#").strip()
-    return fallback
-
-
-def render_site(out_dir: Path | str = "build") -> Path:
-    """Render the executed notebooks OUT/NN_*.ipynb as HTML in OUT/site/ with an index page; return the index."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    out_dir = Path(out_dir)
-    notebooks = sorted(out_dir.glob("[0-9][0-9]_*.ipynb"))
-    if not notebooks:
-        raise BookError(f"no executed chapters in {out_dir}; run `make book` (python -m pnca_utils.book) first")
-    site = out_dir / "site"
-    site.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab", embed_images=True)  # figures are inline base64 outputs
-    items = []
-    for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
-        body, _ = exporter.from_notebook_node(nb)
-        (site / f"{path.stem}.html").write_text(body, encoding="utf-8")
-        title = html.escape(_chapter_title(nb, path.stem))
-        items.append(f'<li><a href="{path.stem}.html">{title}</a></li>')
-    index = site / "index.html"
-    index.write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>pnca-book</title></head>\n"
-                     "<body><h1>pnca-book</h1>\n<ul>\n" + "\n".join(items) + "\n</ul>\n</body></html>\n",
-                     encoding="utf-8")
-    return index
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pnca_utils.book", description="Execute the book's chapters headless.")
     p.add_argument("--size", default="default", choices=SIZES, help="compute budget of every chapter")
@@ -326,7 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.site:
-            print(f"site: {render_site(args.out)}")
+            from .site import SiteError, render_site
+
+            try:
+                print(f"site: {render_site(args.out)}")
+            except SiteError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
             return 0
         if args.references:
             written = write_references(args.only)

@@ -83,7 +83,13 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint and write metrics.json")
     _common(ev)
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
+    # listed for --help; main hands their arguments to the book runner (python -m pnca_utils.book)
+    sub.add_parser("book", add_help=False, help="execute the book's chapters headless (see: book --help)")
+    sub.add_parser("site", add_help=False, help="render the executed chapters as a site (see: site --help)")
     return top
+
+
+BOOK_COMMANDS = {"book": [], "site": ["--site"]}  # the book runner's arguments each command starts with
 
 
 def _overrides(args) -> dict:
@@ -177,6 +183,11 @@ KEPT = {"train": "{out}/checkpoint.pt keeps the last finished epoch, if any",
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in BOOK_COMMANDS:
+        from .book import main as run_book_command
+
+        return run_book_command(BOOK_COMMANDS[argv[0]] + argv[1:])
     args = parser().parse_args(argv)
     created = _missing_folders(Path(args.out).absolute())
     try:

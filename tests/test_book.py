@@ -2,6 +2,7 @@
 (solutions included), pass nbval in lax mode, and write the results they promise."""
 import ast
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -259,13 +260,51 @@ def test_site_needs_executed_chapters(tmp_path, capsys):
     assert "make book" in capsys.readouterr().err
 
 
-def test_site_renders_an_index(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · A title\n\nText $x^2$.")])
-    nbformat.write(nb, tmp_path / "00_intro.ipynb")
+def _site_links(page: str) -> list[str]:
+    return re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+
+
+def test_site_navigates_searches_and_works_offline(tmp_path):
+    titles = ["00 · A title", "01 · Proxies", "02 · Temperature"]
+    for n, title in enumerate(titles):
+        injected = nbformat.v4.new_code_cell("out_dir = '/home/builder/build'", metadata={"tags": ["injected-parameters"]})
+        cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nText $x^2$ about word{n}."), injected]
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / f"0{n}_page.ipynb")
     assert main(["--site", "--out", str(tmp_path)]) == 0
-    page = (tmp_path / "site" / "index.html").read_text()
-    assert 'href="00_intro.html"' in page and "00 · A title" in page
-    assert (tmp_path / "site" / "00_intro.html").stat().st_size > 0
+    site = tmp_path / "site"
+    pages = {p.name: p.read_text() for p in site.glob("*.html")}
+    assert set(pages) == {"index.html", "search.html", "00_page.html", "01_page.html", "02_page.html"}
+    for name, page in pages.items():
+        for link in _site_links(page):
+            if link.startswith(("data:", "#")):
+                continue
+            assert not re.match(r"[a-z]+:|//", link), f"{name} loads {link} from another host"
+            assert (site / link.split("?")[0].split("#")[0]).is_file(), f"{name}: broken link {link}"
+        scripts = " ".join(re.findall(r"<script[^>]*>(.*?)</script>", page, re.S))
+        assert "http://" not in scripts and "https://" not in scripts, name
+        assert 'href="index.html"' in page and 'href="search.html"' in page  # contents and search on every page
+    middle = pages["01_page.html"]
+    assert 'href="00_page.html" rel="prev"' in middle and 'href="02_page.html" rel="next"' in middle
+    assert "mathjax/MathJax.js?config=" in middle and "/home/builder" not in middle
+    assert "rel=\"prev\"" not in pages["00_page.html"] and "rel=\"next\"" not in pages["02_page.html"]
+    search = (site / "search.js").read_text()
+    assert all(t in search for t in titles) and "word2" in search
+
+
+def test_site_without_mathjax_is_one_error(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · T")]), tmp_path / "00_a.ipynb")
+    real_import = builtins.__import__
+
+    def no_mathjax(name, *args, **kwargs):
+        if name == "jupyter_server_mathjax":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mathjax)
+    assert main(["--site", "--out", str(tmp_path)]) == 1
+    assert "jupyter-server-mathjax" in capsys.readouterr().err and not (tmp_path / "site").exists()
 
 
 def test_a_whole_book_records_its_wall_time(tmp_path, monkeypatch):

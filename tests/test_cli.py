@@ -158,3 +158,14 @@ def test_exit_codes_tell_bad_input_from_a_failed_run(tmp_path, capsys):
     assert code == 2 and "lr" in err
     code, _, err = run(TRAIN + ["--set", "lr=1e30", "--set", "proxy_lr=1e30", "--out", str(tmp_path / "nan")], capsys)
     assert code == 1 and "loss became" in err and err.count("\n") == 1
+
+
+def test_book_and_site_are_subcommands(tmp_path, capsys):
+    import nbformat
+
+    assert cli.main(["book", "--only", "99", "--out", str(tmp_path / "unused")]) == 1  # the book runner's own error
+    assert "99" in capsys.readouterr().err
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · T")]), tmp_path / "00_a.ipynb")
+    assert cli.main(["site", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "site" / "00_a.html").is_file()
+    assert "book" in cli.parser().format_help() and "site" in cli.parser().format_help()
