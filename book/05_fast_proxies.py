@@ -447,7 +447,44 @@ else:
 # Both end states retrieve equally well: 100 random proxies in 64 dimensions are already nearly
 # orthogonal targets, and the backbone does the learning. The fast run at the calibrated rates also
 # had one seed end far below the others (the lowest orange point), which is where its wide interval
-# comes from. Designs (c) and (d) go into the diagnostic's README as they finish.
+# comes from.
+#
+# Design (d) tests the size rule directly: the proxy-rate sweep, in the same converged set-up, at
+# $D = 64$ and at $D = 256$, rates from 1/16 to 256 in factors of 4, two seeds each. H3 predicts that
+# the best rate at $D = 256$ is one step of the grid (4 times) above the best at $D = 64$. The
+# $D = 64$ half is also the proxy-rate search the converged preset needed: it chose 0.4 from two
+# rates only.
+
+# %%
+sweep_file = diagnostic / "proxy-rate" / "search.csv"
+rates = analysis.read_table(sweep_file, ["embedding_dim", "proxy_lr", "seed", "R@1"])
+planned = 2 * 7 * 2  # D values x rates x seeds, as pre-registered
+if rates is None:
+    print(f"No committed sweep in {sweep_file.parent}: see the diagnostic's README to run it.")
+else:
+    by_rate = rates.groupby(["embedding_dim", "proxy_lr"])["R@1"].agg(["mean", "count"]).reset_index()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for dim, part in by_rate.groupby("embedding_dim"):
+        ax.plot(part["proxy_lr"], part["mean"], marker="o", label=f"D = {dim} (mean of its seeds)")
+    ax.set(xscale="log", xlabel="proxy learning rate (backbone 4e-2)", ylabel="validation R@1 (%)",
+           title="Design (d): the proxy rate at two embedding sizes")
+    ax.legend()
+    plt.savefig(figures / "05_proxy_rate_by_size.png", dpi=110, bbox_inches="tight")
+    plt.show()
+    print(by_rate.pivot(index="proxy_lr", columns="embedding_dim", values="mean").to_string(float_format=fmt))
+    if len(rates) < planned:
+        print(f"The sweep is not finished: {len(rates)} of its {planned} runs are committed, so no verdict yet.")
+    else:
+        best = {dim: part.loc[part["mean"].idxmax(), "proxy_lr"] for dim, part in by_rate.groupby("embedding_dim")}
+        steps = round(math.log(best[256] / best[64], 4))
+        print(f"best rate: {best[64]:g} at D = 64, {best[256]:g} at D = 256, {steps:+d} step(s) of 4: H3 "
+              + ("held." if steps == 1 else "failed." if steps <= 0 else "moved further than it predicts."))
+
+# %% [markdown]
+# What to notice: where each curve peaks, and how flat it is around the peak. The verdict line
+# applies the rule written before the runs; with two seeds per point, neighbouring rates within a
+# few points of each other are not told apart, so read the peak together with the curve's shape.
+# The $D = 64$ curve also shows where the converged preset's 0.4 sits among its neighbours.
 
 # %% [markdown]
 # ## Fast proxies and low temperature
