@@ -25,7 +25,7 @@ def tiny_config(preset="proxynca++", **overrides):
     """As tests/test_training.py: from scratch at the paper's lr, batches of 4 classes × 4 images."""
     values = {"weights": None, "epochs": 1, "batch_size": 16, "embedding_dim": 16, **overrides}
     if preset == "proxynca++":
-        values = {"lr": 4e-3, "images_per_class": 4, **values}
+        values = {"lr": 4e-3, "proxy_lr": 4e2, "images_per_class": 4, **values}
     return make_config(preset, "ci", **values)
 
 

@@ -17,7 +17,8 @@ STEPS = 4  # 64 training images / batches of 16
 def tiny_config(**overrides):
     """ProxyNCA++ at 32×32 from scratch at the paper's lr, with batches (4 classes × 4 images) the tiny set can fill."""
     return make_config("proxynca++", "ci", **{"weights": None, "epochs": 1, "batch_size": 16, "lr": 4e-3,
-                                               "images_per_class": 4, "embedding_dim": 16, **overrides})
+                                               "proxy_lr": 4e2, "images_per_class": 4, "embedding_dim": 16,
+                                               **overrides})
 
 
 def _without_seconds(history: dict) -> dict:
