@@ -81,7 +81,7 @@ from pnca_utils import analysis, losses
 from pnca_utils.chapter import workspace
 from pnca_utils.config import make_config
 from pnca_utils.data import load_data
-from pnca_utils.plots import curves, training_curves
+from pnca_utils.plots import curves, paired_seeds, training_curves
 from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import embed
 
@@ -274,15 +274,8 @@ if summary_pa is None or per_epoch is None:
 else:
     seeds_pa = pd.read_csv(diagnostic / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
     fig, (ax_r, ax_g) = plt.subplots(1, 2, figsize=(12, 4))
-    for t_name, colour in (("T = 1/9", "tab:blue"), ("T = 1", "tab:orange")):
-        pair = seeds_pa[[f"included, {t_name}", f"excluded, {t_name}"]]
-        for _, seed_row in pair.iterrows():
-            ax_r.plot([0, 1], seed_row.values, color=colour, alpha=0.6, marker="o")
-        ax_r.plot([], [], color=colour, label=t_name)
-    ax_r.set_xticks([0, 1], ["positive included", "positive excluded"])
-    ax_r.set_ylabel("validation R@1 (%)")
-    ax_r.set_title("each line one seed")
-    ax_r.legend()
+    paired_seeds(seeds_pa, {t: (f"included, {t}", f"excluded, {t}") for t in ("T = 1/9", "T = 1")},
+                 ["positive included", "positive excluded"], ax=ax_r)
     means = per_epoch.groupby(["variant", "epoch"])[["loss", "grad_embeddings"]].mean()
     curves(means.loc["included, T = 1/9"].index, {rule: means.loc[f"{rule}, T = 1/9", "grad_embeddings"]
                                                   for rule in ("included", "excluded")},
@@ -291,8 +284,7 @@ else:
     plt.savefig(figures / "02_diagnostic.png", dpi=110, bbox_inches="tight")
     plt.show()
     for _, row in summary_pa.dropna(subset=["Δ R@1"]).iterrows():
-        print(f"{row['variant']} against {row['reference']}: Δ R@1 {row['Δ R@1']:+.1f} "
-              f"(95 % interval {row['Δ low']:+.1f} to {row['Δ high']:+.1f}): {ablation.verdict(row)}")
+        print(ablation.verdict_line(row["variant"], row))
     first, last = means.xs(means.index.get_level_values("epoch").min(), level="epoch"), \
         means.xs(means.index.get_level_values("epoch").max(), level="epoch")
     for rule in ("included", "excluded"):

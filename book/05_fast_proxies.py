@@ -80,7 +80,7 @@ from pnca_utils.analysis import GRADIENT_KEYS
 from pnca_utils.chapter import workspace
 from pnca_utils.config import DATA_PRESETS, PAPER_DIMS, Config, make_config
 from pnca_utils.data import load_data
-from pnca_utils.plots import curves, step_overlay, sweep
+from pnca_utils.plots import curves, paired_seeds, step_overlay, sweep
 from pnca_utils.experiments.runs import cached_fit
 from pnca_utils.training import build, embed, untrained_metrics
 
@@ -417,14 +417,7 @@ else:
     pairs = {"(a) paper rates": ("paper rates, proxies 4e2", "paper rates, proxies 4e-3"),
              "(b) calibrated rates": ("calibrated rates, proxies 0.4", "calibrated rates, proxies 4e-2")}
     fig, (ax_r, ax_m) = plt.subplots(1, 2, figsize=(12, 4))
-    for (design, pair), colour in zip(pairs.items(), ("tab:blue", "tab:orange")):
-        for _, seed_row in seeds_fp[list(pair)].iterrows():
-            ax_r.plot([0, 1], seed_row.values, color=colour, alpha=0.6, marker="o")
-        ax_r.plot([], [], color=colour, label=design)
-    ax_r.set_xticks([0, 1], ["fast proxies", "proxies at the backbone's rate"])
-    ax_r.set_ylabel("validation R@1 (%)")
-    ax_r.set_title("each line one seed")
-    ax_r.legend()
+    paired_seeds(seeds_fp, pairs, ["fast proxies", "proxies at the backbone's rate"], ax=ax_r)
     mean_moved = moved.groupby("variant", sort=False)[["turn (degrees)", "length ratio"]].mean()
     ax_m.scatter(mean_moved["turn (degrees)"], mean_moved["length ratio"])
     short = {pair[i]: f"{design[:3]} {pair[i].split('proxies ')[1]}" for design, pair in pairs.items() for i in (0, 1)}
@@ -438,8 +431,7 @@ else:
     plt.show()
     by_name = summary_fp.set_index("variant")
     for name, row in by_name.dropna(subset=["Δ R@1"]).iterrows():
-        print(f"{name} against {row['reference']}: Δ R@1 {row['Δ R@1']:+.1f} "
-              f"(95 % interval {row['Δ low']:+.1f} to {row['Δ high']:+.1f}): {ablation.verdict(row)}")
+        print(ablation.verdict_line(name, row))
     slow_paper = by_name.loc[pairs["(a) paper rates"][1]]
     print("H1 predicted a loss in (a): " + ("it held." if slow_paper["Δ high"] < 0 else
                                              "it failed; the interval holds 0."))

@@ -130,6 +130,10 @@ def test_verdicts_and_two_grids_side_by_side():
     long = summarize(_runs({"A": {0: 60, 1: 62, 2: 64}, "B": {0: 61, 1: 61, 2: 64}, "C": {0: 50, 1: 53, 2: 55},
                             "D": {0: 70}}), variants)
     assert [ablation.verdict(r) for _, r in short.iterrows()] == ["", "drop", "unresolved", "gain"]
+    b = short.set_index("variant").loc["B"]
+    assert ablation.verdict_line("B", b) == (f"B against A: Δ R@1 {b['Δ R@1']:+.1f} (95 % interval "
+                                             f"{b['Δ low']:+.1f} to {b['Δ high']:+.1f}): drop")
+    assert f"{b['Δ R@1']:+.1f}" == "-9.3"  # 10, 9, 9 lower
     table, changed = ablation.compare(short, long, ("4 ep", "8 ep"))
     assert list(table.index) == ["A", "B", "C", "D"]
     assert table.loc["B", "Δ R@1, 8 ep"] == 0 and table.loc["A", "R@1, 8 ep"] == 62

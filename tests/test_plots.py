@@ -222,6 +222,19 @@ def test_delta_bars_colours_and_labels():
         delta_bars({})
 
 
+def test_paired_seeds_draws_a_line_per_seed_and_a_colour_per_pair():
+    import pandas as pd
+    from pnca_utils.plots import paired_seeds
+
+    by_seed = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "c": [5.0, 6.0], "d": [7.0, 8.0]})
+    ax = paired_seeds(by_seed, {"first": ("a", "b"), "second": ("c", "d")}, ["left", "right"])
+    drawn = [line for line in ax.lines if len(line.get_ydata())]
+    assert [list(line.get_ydata()) for line in drawn] == [[1, 3], [2, 4], [5, 7], [6, 8]]
+    assert drawn[0].get_color() == drawn[1].get_color() != drawn[2].get_color()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["left", "right"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["first", "second"]
+
+
 def test_tsne_panels_title_each_model_with_the_recall_of_its_embeddings(tiny_data):
     from pnca_utils import analysis, metrics
     from pnca_utils.config import make_config

@@ -227,6 +227,10 @@ def test_fit_trains_bit_for_bit_as_the_committed_reference(tiny_data, name):
 
     expected = json.loads(fit_runs.REFERENCE.read_text())[name]
     got = json.loads(json.dumps(fit_runs.numbers(fit(fit_runs.config(name), tiny_data, progress=False))))
+    # every number the reference holds, unchanged; measurements recorded since (e.g. HDML's anchor
+    # distances) may be added to a step, but never change what trains
+    got["steps"] = [{k: step[k] for k in reference if k in step} for step, reference in zip(got["steps"],
+                                                                                            expected["steps"])]
     assert got == expected
 
 

@@ -318,6 +318,12 @@ def verdict(row) -> str:
     return ""
 
 
+def verdict_line(name: str, row) -> str:
+    """A summary row's paired comparison in words: 'NAME against REFERENCE: Δ R@1 +x.x (95 % interval ...): verdict'."""
+    return (f"{name} against {row['reference']}: Δ R@1 {row['Δ R@1']:+.1f} "
+            f"(95 % interval {row['Δ low']:+.1f} to {row['Δ high']:+.1f}): {verdict(row)}")
+
+
 def compare(short: pd.DataFrame, long: pd.DataFrame, labels: tuple[str, str]) -> tuple[pd.DataFrame, list[str]]:
     """Two summaries of the same grid (say, trained for 4 and for 8 epochs) side by side.
 

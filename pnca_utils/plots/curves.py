@@ -227,3 +227,23 @@ def delta_bars(deltas: dict, xlabel: str = "Δ R@1 (points)", ax=None, title: st
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def paired_seeds(by_seed, pairs: dict, ticklabels: Sequence[str], ylabel: str = "validation R@1 (%)", ax=None,
+                 title: str = "each line one seed"):
+    """One line per seed from the first variant of a pair to the second, a colour per pair.
+
+    `by_seed` is a table with a column per variant and a row per seed (e.g. runs.csv pivoted);
+    `pairs` is {legend label: (variant, variant)}; `ticklabels` names the two ends. Returns the axes.
+    """
+    if ax is None:
+        ax = plt.subplots(figsize=(6, 4))[1]
+    for (label, pair), colour in zip(pairs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for values in np.asarray(by_seed[list(pair)], dtype=float):
+            ax.plot([0, 1], values, color=colour, alpha=0.6, marker="o")
+        ax.plot([], [], color=colour, label=label)
+    ax.set_xticks([0, 1], list(ticklabels))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return ax
