@@ -99,8 +99,26 @@ def _reference(path: Path):
     return nbformat.read(REFERENCE_DIR / f"{path.stem}.ipynb", as_version=4)
 
 
+# nbval waits only 5 s for a finished cell's outputs to arrive; on a loaded 2-core machine they can arrive
+# later, and the cell fails without a wrong number. This conftest, beside the notebook, gives them 120 s.
+NBVAL_PATIENCE = """
+import nbval.plugin
+
+_init = nbval.plugin.IPyNbCell.__init__
+
+
+def _patient_init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    self.output_timeout = 120
+
+
+nbval.plugin.IPyNbCell.__init__ = _patient_init
+"""
+
+
 def _nbval(notebook: Path, *options: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`pytest --nbval-lax` on one notebook: every cell runs, the NBVAL_CHECK_OUTPUT cells' outputs are compared."""
+    (notebook.parent / "conftest.py").write_text(NBVAL_PATIENCE)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                            "--nbval-current-env", *options, str(notebook)], cwd=notebook.parent,
                           capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
