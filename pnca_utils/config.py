@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 DATASETS = ("embedded", "embedded-many", "cub", "cars", "sop", "inshop", "folder")
 GENERATED = ("embedded", "embedded-many")  # made from scikit-learn's digits (pnca_utils.data.embedded): no data_root
 METHODS = ("proxynca", "nca", "triplet", "npair", "hdml-triplet", "hdml-npair")
+# what HDML's J_avg averages: the mean-reduced real loss, or the same summed over its tuples (pnca_utils.hdml)
+HDML_JAVG = ("mean", "sum")
 SIZES = ("ci", "default", "full")  # the book's compute budgets (see SIZE_PRESETS)
 PAPER_SIZE = "paper"  # make_config's size for the paper's own settings on a real data set (see DATA_PRESETS)
 
@@ -50,6 +52,7 @@ class Config:
     hdml_beta: float = 1e4  # synthetic weight: 1 - exp(-beta / J_gen)
     hdml_softmax_factor: float = 1e4  # J_gen = J_recon + factor * J_soft
     hdml_window: int = 64  # steps averaged into J_avg and J_gen (the official code's 64)
+    hdml_javg: str = "mean"  # J_avg averages the real loss as the metric sees it (mean) or summed over its tuples
     hdml_hidden: int = 512  # generator: Linear(D, hidden)-BN-ReLU-Linear(hidden, features)
     hdml_generator_lr: float = 1e-2
     hdml_classifier_lr: float = 1e-3
@@ -83,7 +86,8 @@ class Config:
         """Raise ConfigError naming the first invalid field; return self when all is well."""
         choices = {"dataset": DATASETS, "method": METHODS, "arch": ("small_cnn", "resnet18", "resnet50"),
                    "pooling": ("max", "avg"), "sampler": ("balanced", "random"),
-                   "lr_schedule": ("none", "step", "cosine"), "eval_split": ("test", "val")}
+                   "lr_schedule": ("none", "step", "cosine"), "eval_split": ("test", "val"),
+                   "hdml_javg": HDML_JAVG}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")

@@ -25,7 +25,11 @@ Choices, against the paper and its official TensorFlow code (wzzheng/HDML):
 * J_avg and the J_gen in the weight are running means over the last ``window`` steps, both +inf
   until ``window`` steps have been seen (the official code starts both at 1e6 and averages
   blocks of 64 steps): nothing is hardened and the synthetic weight is 0 at the start, while the
-  generator is still untrained. J_avg averages the unweighted J_m on the real batch.
+  generator is still untrained. J_avg averages the unweighted J_m on the real batch: its mean over
+  the batch's tuples (``javg="mean"``, the scale the metric loss has here), or its sum over them
+  (``javg="sum"``, closer to the official code, whose triplet J_m is a sum; see
+  results/diagnostics/hdml/fidelity.md). With alpha = 90, a mean-reduced loss of about 0.2 gives
+  exp(-alpha / J_avg) of about 0: every negative moved all the way to d+.
 * The synthetic term keeps anchors and positives real and replaces only the negatives (the
   official code also passes anchors and positives through the generator).
 * HDML-triplet uses every valid triplet of the batch, like :func:`losses.triplet_loss`; negatives
@@ -168,6 +172,7 @@ class HDMLTerms:
     far: torch.Tensor | None = None  # (rows,) bool: d- > d+, the negatives the rule moves
     synthetic_accuracy: float = math.nan  # share of synthetic negatives the classifier puts in the negative's class
     hardness: dict = field(default_factory=dict)  # `anchor_distances` of this batch's negatives
+    tuples: int = 1  # triplets (triplet) or anchors (N-pair) that `real` is the mean over
 
 
 def anchor_distances(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, hardened: torch.Tensor,
@@ -197,7 +202,8 @@ class HDML(nn.Module):
 
     def __init__(self, loss: str, feature_dim: int, embedding_dim: int, num_classes: int, *,
                  hidden: int = 512, alpha: float = 90.0, beta: float = 1e4, softmax_factor: float = 1e4,
-                 window: int = 64, generator_lr: float = 1e-2, classifier_lr: float = 1e-3, margin: float = 0.2):
+                 window: int = 64, generator_lr: float = 1e-2, classifier_lr: float = 1e-3, margin: float = 0.2,
+                 javg: str = "mean"):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -209,7 +215,9 @@ class HDML(nn.Module):
             _check_number(name, value)
         _check_number("softmax_factor", softmax_factor, strict=False)
         _check_number("margin", margin, strict=False)
-        self.loss, self.num_classes = loss, num_classes
+        if javg not in ("mean", "sum"):
+            raise ValueError(f"javg must be 'mean' or 'sum', got {javg!r}")
+        self.loss, self.num_classes, self.javg = loss, num_classes, javg
         self.alpha, self.beta, self.softmax_factor, self.margin = alpha, beta, softmax_factor, margin
         self.generator = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                        nn.Linear(hidden, feature_dim))
@@ -228,7 +236,7 @@ class HDML(nn.Module):
                    hidden=config.hdml_hidden, alpha=config.hdml_alpha, beta=config.hdml_beta,
                    softmax_factor=config.hdml_softmax_factor, window=config.hdml_window,
                    generator_lr=config.hdml_generator_lr, classifier_lr=config.hdml_classifier_lr,
-                   margin=config.margin)
+                   margin=config.margin, javg=config.hdml_javg)
         return hdml.to(config.device)
 
     def losses(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> HDMLTerms:
@@ -272,10 +280,12 @@ class HDML(nn.Module):
         recon_loss = (recon - feats).pow(2).sum(dim=1).mean()
         gen = recon_loss + self.softmax_factor * soft
         cls = F.cross_entropy(self.classifier(feats.detach()), labels)
+        tuples = len(a) if self.loss == "triplet" else len(pairs)  # the rows real's mean is taken over
         return HDMLTerms(emb, metric, real, synthetic, recon_loss, soft, gen, cls, lambdas.detach(),
                          j_avg, synthetic_weight, hardening_factor=_exp_factor(self.alpha, j_avg),
                          j_gen_avg=j_gen_avg, far=far.detach(), synthetic_accuracy=synthetic_accuracy,
-                         hardness=anchor_distances(emb[a], emb[p], emb[n], hardened, synthetic_emb))
+                         hardness=anchor_distances(emb[a], emb[p], emb[n], hardened, synthetic_emb),
+                         tuples=tuples)
 
     def backward(self, terms: HDMLTerms, metric_params) -> dict:
         """Gradients of J_metric on ``metric_params`` (accumulated into .grad; zero them first),
@@ -310,7 +320,7 @@ class HDML(nn.Module):
         terms.cls.backward(inputs=list(self.classifier.parameters()))
         self.generator_optimizer.step()
         self.classifier_optimizer.step()
-        self.j_avg.update(terms.real.item())
+        self.j_avg.update(terms.real.item() * (terms.tuples if self.javg == "sum" else 1))
         self.j_gen.update(terms.gen.item())
         far = terms.far if terms.far is not None else terms.lambdas < 1
         return {"j_avg": terms.j_avg if math.isfinite(terms.j_avg) else None,  # None: strict JSON

@@ -345,3 +345,29 @@ def test_anchor_distances_by_hand():
     assert d["d_positive"] == pytest.approx(2 ** 0.5) and d["d_negative"] == pytest.approx(2.0)
     assert d["d_hardened"] == pytest.approx(2 ** 0.5) and d["d_synthetic"] == pytest.approx(0.0)
     assert d["nearer_real"] == 0.0 and d["nearer_synthetic"] == 1.0
+
+
+@pytest.mark.parametrize("preset, tuples", [("hdml-triplet", 16 * 3 * 12), ("hdml-npair", 8)])
+def test_javg_sum_averages_the_real_loss_summed_over_its_tuples(preset, tuples):
+    """4 classes x 4 images: 16 anchors x 3 positives x 12 negatives = 576 triplets; 8 pairs: 8 N-pair rows."""
+    records = {}
+    for javg in ("mean", "sum"):
+        config = hdml_config(preset, hdml_window=1, hdml_javg=javg)
+        torch.manual_seed(0)
+        model, _ = build(config, 1, 8)
+        hdml = HDML.from_config(config, model, 8)
+        terms = hdml.losses(model, *_batch(preset))
+        hdml.backward(terms, list(model.parameters()))
+        records[javg] = (terms.tuples, terms.real.item(), hdml.j_avg.value)
+    (n_mean, real_mean, avg_mean), (n_sum, real_sum, avg_sum) = records["mean"], records["sum"]
+    assert n_mean == n_sum == tuples and real_mean == pytest.approx(real_sum)
+    assert avg_mean == pytest.approx(real_mean) and avg_sum == pytest.approx(tuples * real_sum)
+
+
+def test_javg_must_be_mean_or_sum():
+    from pnca_utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hdml_javg"):
+        hdml_config("hdml-triplet", hdml_javg="total")
+    with pytest.raises(ValueError, match="javg"):
+        HDML("triplet", 8, 4, 3, javg="total")
