@@ -30,9 +30,11 @@ from .step import train_step
 
 
 def bar_options(progress: bool) -> dict:
-    """tqdm's keyword for `progress`: off when False; when True, tqdm's own defaults, so that
-    TQDM_DISABLE=1 (what the book's headless kernel sets) still turns the bars off."""
-    return {} if progress else {"disable": True}
+    """tqdm's keyword for `progress`: off when False, or when TQDM_DISABLE=1 (what the book's headless
+    kernel sets). tqdm's console bar reads that variable itself; its notebook bar, the one `tqdm.auto`
+    picks inside a kernel, does not, so it is read here."""
+    disabled = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    return {"disable": True} if disabled else {}
 
 
 class TrainingError(RuntimeError):
