@@ -217,3 +217,21 @@ def test_cli_rejects_unknown_variant_before_any_work(tmp_path, capsys):
 def test_seeds_and_configs_match_make_config():
     v = Variant("ProxyNCA++", "full")
     assert v.config("ci", 3).to_dict() == make_config("proxynca++", "ci", seed=3).to_dict()
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (-1.0, 2.0, "holds"),  # inside (-3, 3)
+    (-2.9, 2.9, "holds"),
+    (-4.0, 1.0, "unresolved"),  # straddles -3
+    (2.0, 5.0, "unresolved"),  # straddles +3
+    (-3.0, 1.0, "unresolved"),  # touches the bound: not strictly inside
+    (3.5, 9.0, "fails"),  # wholly above +3
+    (-8.0, -3.1, "fails"),  # wholly below -3
+])
+def test_equivalence_reads_the_interval_against_the_margin(low, high, expected):
+    assert ablation.equivalence({"Δ low": low, "Δ high": high}, 3.0) == expected
+
+
+def test_equivalence_needs_a_positive_margin():
+    with pytest.raises(ValueError, match="margin"):
+        ablation.equivalence({"Δ low": -1.0, "Δ high": 1.0}, 0)

@@ -318,6 +318,20 @@ def verdict(row) -> str:
     return ""
 
 
+def equivalence(row, margin: float) -> str:
+    """A prediction of 'no effect larger than `margin` points' read from a summary row's 95 % interval:
+    'holds' when the whole interval lies inside (-margin, +margin), 'fails' when it lies wholly outside
+    [-margin, +margin], 'unresolved' otherwise (the interval straddles a bound)."""
+    if not margin > 0:
+        raise ValueError(f"margin must be a positive number of points, got {margin!r}")
+    low, high = row["Δ low"], row["Δ high"]
+    if -margin < low and high < margin:
+        return "holds"
+    if high < -margin or low > margin:
+        return "fails"
+    return "unresolved"
+
+
 def verdict_line(name: str, row) -> str:
     """A summary row's paired comparison in words: 'NAME against REFERENCE: Δ R@1 +x.x (95 % interval ...): verdict'."""
     return (f"{name} against {row['reference']}: Δ R@1 {row['Δ R@1']:+.1f} "
