@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses
+from .config import HDML_JAVG
 
 __all__ = ["harden_negative", "RunningMean", "HDML", "HDMLTerms", "LOSSES"]
 
@@ -215,7 +216,7 @@ class HDML(nn.Module):
             _check_number(name, value)
         _check_number("softmax_factor", softmax_factor, strict=False)
         _check_number("margin", margin, strict=False)
-        if javg not in ("mean", "sum"):
+        if javg not in HDML_JAVG:
             raise ValueError(f"javg must be 'mean' or 'sum', got {javg!r}")
         self.loss, self.num_classes, self.javg = loss, num_classes, javg
         self.alpha, self.beta, self.softmax_factor, self.margin = alpha, beta, softmax_factor, margin
