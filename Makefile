@@ -82,9 +82,9 @@ reproduce: setup
 	  --runs $(BUILD)/runs --out results/embedded/hdml
 	$(MAKE) diagnostics
 
-# The diagnostics of results/diagnostics that have run; each resumes. About 5.5 hours of run time summed
+# The diagnostics of results/diagnostics that have run; each resumes. About 10 hours of run time summed
 # over the runs (image scale 5 min, proxy assignment 1.5 h, fast proxies 1.6 h, its proxy-rate sweep about
-# 2.3 h), so about 3 hours on 2 cores with JOBS=2.
+# 2.3 h, its many-class design 3 h, balanced batches 1.5 h), so about 5 hours on 2 cores with JOBS=2.
 diagnostics: setup
 	$(PY) results/diagnostics/image-scale/run.py
 	$(PY) results/diagnostics/proxy-assignment/run.py $(JOBS)
@@ -92,6 +92,9 @@ diagnostics: setup
 	$(PY) results/diagnostics/fast-proxies/run.py $(JOBS)
 	$(PY) results/diagnostics/fast-proxies/movement.py
 	JOBS=$(JOBS) PY=$(PY) bash results/diagnostics/fast-proxies/sweep.sh
+	$(PY) results/diagnostics/fast-proxies/run_many.py search $(JOBS)
+	$(PY) results/diagnostics/fast-proxies/run_many.py $(JOBS)
+	$(PY) results/diagnostics/balanced-batches/run.py $(JOBS)
 
 bench: setup
 	$(PY) benchmarks/run.py --out results/benchmarks.json
