@@ -289,13 +289,16 @@ CALIBRATED: dict[tuple[str, str], dict] = {
     ("embedded", "hdml-npair"): dict(lr=2e-2),
 }
 # The same at size 'converged', chosen from validation curves at that size (results/tuning/curves-56px,
-# curves-64px): each method's rates and its epoch budget (the rule of
+# curves-64px, curves-converged): each method's rates and its epoch budget (the rule of
 # pnca_utils.experiments.tuning.epoch_budget, with margin). A method without an entry has not been
 # searched at this size: make_config refuses it.
 CALIBRATED_CONVERGED: dict[tuple[str, str], dict] = {
     ("embedded", "proxynca++"): dict(lr=4e-2, proxy_lr=0.4),  # budgets 13-14 epochs; the size's 20
     # the usual 56 px: only ProxyNCA++ takes the larger images; budget 33 at lr 1 and 2
     ("embedded", "proxynca"): dict(lr=1.0, epochs=40, image_size=56),
+    # results/tuning/curves-converged: 2e-2 inside its grid, both curves still rising at 40 epochs (the cap)
+    ("embedded", "npair"): dict(lr=2e-2, epochs=40, image_size=56),
+    ("embedded", "hdml-npair"): dict(lr=2e-2, epochs=40, image_size=56),  # HDML at its baseline's rate and budget
 }
 
 

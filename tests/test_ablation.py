@@ -66,7 +66,14 @@ def test_cumulative_path_adds_one_component_per_step():
 
 def test_converged_size_refuses_methods_not_yet_validated():
     with pytest.raises(ConfigError, match="no validated rates"):
-        make_config("triplet", "converged")
+        make_config("nca", "converged")
+
+
+def test_hdml_trains_at_its_baselines_converged_rate_and_budget():
+    for base in ("npair",):
+        plain, hdml = make_config(base, "converged"), make_config("hdml-" + base, "converged")
+        assert (hdml.lr, hdml.epochs, hdml.image_size) == (plain.lr, plain.epochs, plain.image_size)
+        assert hdml.image_size == 56 and hdml.weights == "auto-multiscale"
 
 
 def test_paper_deltas_only_where_the_paper_gives_them():
