@@ -338,8 +338,8 @@ else:
 # %% [markdown]
 # Read the budgets with the curves: the grid's epochs should lie at or past the budgets of the
 # rates it uses, and a curve still climbing at its end says the search itself was cut short. The
-# original ProxyNCA, at the rates its search chose, needs about twice the epochs of ProxyNCA++,
-# which is why its row has a budget of its own.
+# original ProxyNCA, at the rates its search chose, needs more epochs than ProxyNCA++ (the printed
+# budgets say how many more), which is why its row has a budget of its own.
 
 # %% [markdown]
 # The numbers are saved to `results/07.json`: `full` and `original` hold the metrics of the two

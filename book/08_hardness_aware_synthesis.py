@@ -47,8 +47,8 @@
 # positive, the hardest a negative can be without overtaking the positive. $J_{\text{avg}}$ is the
 # running mean of the metric loss over recent steps: while the loss is high (the network is still
 # poor), the factor is close to 1 and the negatives stay almost as they are; as the loss falls,
-# they are pulled in harder. $\alpha$ sets the scale (the paper uses $\alpha = 90$). Negatives
-# already nearer than the positive are left alone.
+# they are pulled in harder. $\alpha$ sets the scale (the official code uses $\alpha = 90$ for every
+# data set). Negatives already nearer than the positive are left alone.
 #
 # `pnca_utils.hdml.harden_negative(anchor, positive, negative, j_avg, alpha)` applies the rule row
 # by row; `analysis.hardening_table` calls it for one negative and a list of $J_{\text{avg}}$ values.
@@ -88,13 +88,13 @@ figures, results, runs_root, overrides = workspace(out_dir, size, epochs, device
 seeded_dir, longer_table_dir = (Path(d) if Path(d).is_absolute() else BOOK_DIR.parent / d
                                 for d in (ablation_dir, longer_dir))
 tsne_classes, tsne_per_class = 12, 20  # the t-SNE maps show 12 test classes, 20 images each
-alpha = make_config("hdml-triplet", size).hdml_alpha  # the paper's alpha, the config's default
+alpha = make_config("hdml-triplet", size).hdml_alpha  # the official code's alpha, the config's default
 
 # %% [markdown]
 # ## One negative, several values of $J_{\text{avg}}$
 #
 # A 2-D example: the anchor at the origin, the positive at distance $d^+ = \sqrt{2} \approx 1.41$
-# and the negative at $d^- = 5$. We harden the negative at the paper's $\alpha$ for $J_{\text{avg}}$
+# and the negative at $d^- = 5$. We harden the negative at the official $\alpha$ for $J_{\text{avg}}$
 # from $4\alpha$ down to $\alpha/8$ and print where it lands.
 
 # %%
@@ -231,8 +231,9 @@ print(f"Highest R@1 of this table: {best} ({methods[best]['R@1']:.1f}); ProxyNCA
 # How to read this: one seed cannot separate differences of a point or two from noise (chapter
 # 07 measured the spread between seeds for ProxyNCA++), so the seeded table further down, when it
 # has been computed, is the one to draw conclusions from. The paper's gains are for GoogLeNet
-# features, batches of 64 classes and much longer training; here the backbone is a small CNN and
-# training lasts a few epochs, and the next two sections show what the synthesis did in that time.
+# features, larger batches (the official N-pair batch holds 64 classes) and 8,000 steps of
+# training; here the backbone is a small CNN trained for far fewer steps, and the next two sections
+# show what the synthesis did in that time.
 #
 # ## What the hardening did during training
 #
@@ -277,7 +278,7 @@ print("\n" + (f"With alpha = {alpha:g}, the factor never reached 0.01 in either 
 
 # %% [markdown]
 # What to notice: the first panel gives the scale of the metric losses, and the second what the
-# paper's $\alpha$ makes of it. The printed lines above give the smallest ratio
+# official $\alpha$ makes of it. The printed lines above give the smallest ratio
 # $\alpha / J_{\text{avg}}$ each run reached; by the 2-D example, once that ratio is more than a
 # few units the factor is practically zero. In that regime HDML does not *adapt* the hardness at
 # all: from the step the window fills, every negative farther than its positive is pulled onto the
@@ -424,7 +425,7 @@ print(f"wrote {results / '08.json'} (source: {source})")
 #   frozen only inside the generator's loss, which moves the generator alone. The synthetic loss is trusted in proportion to
 #   $1 - e^{-\beta/J_{\text{gen}}}$, i.e. once the generator is good.
 # - Whether the hardness adapts depends on $J_{\text{avg}}$ relative to $\alpha$; the training curves
-#   above print how far the factor moved away from 0 with the paper's $\alpha$ on our losses, and
+#   above print how far the factor moved away from 0 with the official $\alpha$ on our losses, and
 #   the tables how HDML compared with its baselines and with ProxyNCA++, against the paper's CUB
 #   gains.
 #

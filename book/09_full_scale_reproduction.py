@@ -43,7 +43,8 @@
 # \qquad \hat v = v / \lVert v \rVert,$$
 #
 # trained with Adam ($\epsilon = 1$) on class-balanced batches, the proxies with a learning rate
-# some $10^5$ times the network's at $D = 2048$ (chapter 05: a proxy rate is tied to the embedding size).
+# $10^4$ to $10^5$ times the network's at $D = 2048$ (chapter 05: a proxy rate is tied to the embedding
+# size).
 
 # %% tags=["parameters"]
 size = "default"
@@ -72,7 +73,7 @@ from pnca_utils.experiments import reproduction
 from pnca_utils.experiments.ablation import proxynca_grid
 from pnca_utils.analysis import metrics_table
 from pnca_utils.chapter import project_path, workspace
-from pnca_utils.config import DATA_PRESETS, PAPER_DIMS, PAPER_SIZE, RECALL_KS, make_config
+from pnca_utils.config import CALIBRATED_CONVERGED, DATA_PRESETS, PAPER_DIMS, PAPER_SIZE, RECALL_KS, make_config
 from pnca_utils.data.real import LAYOUTS
 from pnca_utils.plots import show_gallery, training_curves
 from pnca_utils.experiments.runs import cached_fit
@@ -110,12 +111,13 @@ print("Recall@K per data set:", {name: ks for name, ks in RECALL_KS.items()})
 # Where the values come from (the comments in `pnca_utils/config.py` give every source):
 #
 # - **the paper's text**: ResNet-50 from ImageNet, max pooling, LayerNorm, $T = 1/9$, Adam with
-#   $\epsilon = 1$ and no weight decay, backbone rate $4 \cdot 10^{-3}$, the proxies' rates, the batches
+#   $\epsilon = 1$ and no weight decay, backbone rate $4 \cdot 10^{-3}$ and proxies' rate $4 \cdot 10^{2}$
+#   (CUB and Cars), the batches
 #   (8 classes × 4 images for CUB and Cars, 64 × 3 for SOP and In-Shop), 256-pixel crops, a warm-up
 #   with the backbone frozen, gradient clipping and mixed precision;
 # - **the authors' published configuration**, where the text gives no number: 5 warm-up epochs, then
-#   40 epochs for CUB and 80 for SOP and In-Shop (`epochs` counts both here, so 45 and 85), and the
-#   clipping threshold of 10;
+#   40 epochs for CUB and 80 for SOP and In-Shop (`epochs` counts both here, so 45 and 85), the
+#   clipping threshold of 10, and both learning rates for SOP and In-Shop (below);
 # - **our choices**, marked as such in the code: Cars takes CUB's epochs (we have not read the
 #   authors' Cars configuration); a constant learning rate after the warm-up; R@1 every 5 epochs on
 #   the two large sets; 8 loader processes.
@@ -130,7 +132,8 @@ print("Recall@K per data set:", {name: ks for name, ks in RECALL_KS.items()})
 # configuration multiplies both rates by 6 along with the batch: the backbone's to $2.4 \cdot 10^{-2}$
 # (the paper's text gives $4 \cdot 10^{-3}$ for every data set) and the proxies' to $2.4 \cdot 10^{2}$
 # (SOP) and $2.4 \cdot 10^{3}$ (In-Shop). The presets take both rates from that configuration, so that
-# the ratio of the two is the authors'; `--set lr=4e-3` gives the text's backbone rate instead.
+# the ratio of the two is the authors'. The text's rates at that ratio are
+# `--set lr=4e-3 --set proxy_lr=4e1` (SOP) or `--set lr=4e-3 --set proxy_lr=4e2` (In-Shop).
 #
 # The paper size exists only for the four benchmarks; anything else is refused with a message that
 # says what to do:
@@ -174,7 +177,8 @@ for name in DATA_PRESETS:
 #
 # Run from the project folder, on a machine with a CUDA GPU. `reproduction.commands` writes them out
 # for the `dataset`, `data_root` and `weights` parameters of this chapter (placeholders where they are
-# not set):
+# not set). Read *What a run costs* below before running any of them: the ablation line is many
+# ResNet-50 runs, by far the most expensive command here.
 
 # %%
 lines = reproduction.commands(dataset if dataset in DATA_PRESETS else "cub", data_root or "DATA_ROOT",
@@ -183,7 +187,7 @@ for name, line in lines.items():
     print(f"# {name}\n{line}\n")
 grid_runs = len(proxynca_grid()) * 3
 print(f"The ablation line trains {len(proxynca_grid())} variants x 3 seeds = {grid_runs} ResNet-50 runs, "
-      "each as long as 'train'.")
+      "each about as long as 'train' (the smaller-image variants a little shorter).")
 
 # %% [markdown]
 # What each one does:
@@ -199,13 +203,14 @@ print(f"The ablation line trains {len(proxynca_grid())} variants x 3 seeds = {gr
 # - **evaluate** recomputes every metric of a saved checkpoint.
 # - **ablation** trains the seeded grid of chapter 07 (ProxyNCA++ with one enhancement removed at a
 #   time, the original ProxyNCA and the path between them) at the paper's settings, caching each run
-#   under `--runs`. It is the number of runs printed above, each one as long as **train**. Start it
+#   under `--runs`. It is the number of runs printed above, each about as long as **train**. Start it
 #   only after one **train** run has told you the time of a run on your GPU.
 # - **chapter** runs this notebook with `size="paper"`: it trains the run through the book's run
 #   cache (`build/runs`), or reloads it if it is there, and fills the table.
 #
-# Anything else is a `--set key=value` away, for instance `--set lr=4e-3` (the paper text's backbone
-# rate, for SOP and In-Shop), `--set epochs=10 --set warmup_epochs=1` for a quick check, or `--set num_workers=16`.
+# Anything else is a `--set key=value` away, for instance `--set lr=4e-3 --set proxy_lr=4e1` (the
+# paper text's backbone rate for SOP, with the authors' ratio), `--set epochs=10 --set warmup_epochs=1`
+# for a quick check, or `--set num_workers=16`.
 #
 # ## What a run costs
 #
@@ -245,12 +250,15 @@ grid_size = len(proxynca_grid())
 print(f"\nThe ablation line trains {grid_size} variants x 3 seeds = {3 * grid_size} runs: about "
       + ", ".join(f"{name} {3 * grid_size * budget.loc[name, 'hours per run']:,.0f} h" for name in budget.index)
       + f" of GPU time at {images_per_second:,.0f} images per second.")
+sop_proxies = budget.loc["sop", "proxy values"]
+print(f"SOP's proxies hold {sop_proxies / 1e6:.1f} M values, the network {network_values / 1e6:.1f} M: the proxies "
+      f"are {sop_proxies / (sop_proxies + network_values):.0%} of its weights, gradients and Adam moments.")
 
 # %% [markdown]
 # What to notice: the GPU must hold the activations of one batch (mixed precision keeps most of them
-# in 16 bits, about half the float32 column) plus the weights, gradients and Adam's moments, and some
-# working space; SOP's larger batch dominates. SOP's 11,318 proxies are the largest part of its
-# optimiser state at 2048 dimensions. A run's folder holds one checkpoint (it is overwritten each
+# in 16 bits, so the float32 column is an upper bound) plus the weights, gradients and Adam's
+# moments, and some working space; SOP's larger batch dominates. At 2048 dimensions SOP's proxies are
+# a large share of its optimiser state, as the last line prints. A run's folder holds one checkpoint (it is overwritten each
 # epoch), so the disk needed is the data set plus one checkpoint per run: the ablation grid keeps
 # every run's. Before the ablation line, check its hours: it is the most expensive command here.
 #
@@ -284,9 +292,10 @@ else:
 
 # %% [markdown]
 # The smoke test keeps what can be kept on a CPU in seconds: ProxyNCA++'s loss, pooling, LayerNorm
-# and class-balanced batches, the optimiser's settings, a frozen-backbone warm-up epoch, clipping,
-# and the `folder` loader with the same photo transforms as the benchmarks (random resized crop and
-# flip for training; resize and centre crop for testing). It swaps the ResNet-50 for the small CNN
+# and class-balanced batches, the optimiser's settings (its proxy rate not rescaled to the smaller
+# $D$), a frozen-backbone warm-up epoch, clipping, and the `folder` loader with the same photo
+# transforms as the benchmarks (random resized crop and flip for training; resize and centre crop for
+# testing). It swaps the ResNet-50 for the small CNN
 # without pretraining, and the benchmark for twelve classes of coloured shapes, written by
 # `reproduction.make_toy_folder`:
 
@@ -326,8 +335,8 @@ plt.show()
 
 # %% [markdown]
 # What to notice: the first epoch (the first 5 in the presets) is the warm-up, with the backbone
-# frozen, so only the embedding layer and the proxies move, and the proxies' gradient (middle) is
-# largest at the very start, when they are still random. The right panel is R@1 on the test classes
+# frozen, so only the embedding layer and the proxies move; on a benchmark, expect the proxies'
+# gradient (middle) to be largest at the start, when they are still random. The right panel is R@1 on the test classes
 # after each evaluated epoch. The smoke test draws these curves from a handful of steps, so only
 # their presence matters; on a benchmark they are the first thing to read when a number disagrees
 # with the paper: a loss that does not fall, or an R@1 that peaks early and then declines, which is
@@ -406,7 +415,8 @@ print(f"wrote {results / '09.json'}")
 #   for each benchmark; `embedding_dim=512` gives its second table column, and every other field can be
 #   overridden, from Python or with `--set` on the command line.
 # - Values the paper's text gives are used as given; the authors' published configuration fills the
-#   epochs, the warm-up length and the clipping threshold; the rest are our choices, marked in the code.
+#   epochs, the warm-up length and the clipping threshold, and gives SOP's and In-Shop's two learning
+#   rates together (so their ratio is the authors'); the rest are our choices, marked in the code.
 # - The command lines above train, repeat, spread over GPUs, ablate and evaluate; the table of this
 #   chapter fills itself from whatever runs they leave in `results/` or in the run cache.
 # - On a CPU the chapter only proves that the path runs, on made-up images: its numbers are not a result.
@@ -448,9 +458,9 @@ if solutions:
     # The proxies' gradient per coordinate (root mean square) against the size of a unit proxy's coordinates.
     num_proxies, dim = run.proxies.shape
     g_coord = np.mean([s["grad_proxies"] for s in run.history["steps"]]) / np.sqrt(num_proxies * dim)
-    typical = 1 / np.sqrt(dim)
+    typical = 1 / 8  # a proxy starts as randn / 8 (chapter 05): its coordinates are about 1/8 at every D
     move = {name: lr * g_coord / (g_coord + 1) for name, lr in [("proxies", config.proxy_lr), ("backbone", config.lr)]}
-    print(f"   this run's proxy gradient: {g_coord:.2g} per coordinate (RMS, mean over steps); a unit vector's "
+    print(f"   this run's proxy gradient: {g_coord:.2g} per coordinate (RMS, mean over steps); a starting proxy's "
           f"coordinates are about {typical:.2g}. One Adam step moves a coordinate by about {move['proxies']:.2g} at "
           f"the proxies' rate {config.proxy_lr:g}, by {move['backbone']:.2g} at the backbone's rate {config.lr:g}: "
           f"{typical / move['backbone']:.0f} steps to move a proxy by its own size, against "
@@ -461,6 +471,12 @@ if solutions:
     print("   the same turn per step as the paper's " + f"{paper_rate:g} at D = {paper_dim}: "
           + ", ".join(f"{paper_rate * d / paper_dim:g} at D = {d}" for d in (PAPER_DIMS[1], 64))
           + " (chapter 05 measures the rule, and the book's own proxy-rate search tests it).")
+    validated = CALIBRATED_CONVERGED[("embedded", "proxynca++")]["proxy_lr"]
+    print(f"   the rate validated on the embedded set at D = 64 is {validated:g}, "
+          f"{paper_rate * 64 / paper_dim / validated:.0f} times below the rule's value: the rule says how a rate "
+          f"moves with D, not which rate is best. This chapter's run has D = {dim} and proxies at "
+          f"{config.proxy_lr:g}, which by the rule is {config.proxy_lr * paper_dim / dim:,.0f} at D = {paper_dim}: "
+          "the smoke test keeps the preset's rate, not its turn per step.")
 
 # %%
 if solutions:

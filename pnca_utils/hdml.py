@@ -19,8 +19,9 @@ One training step on a batch (x, y), with features f = model.features(x) and emb
 
 Choices, against the paper and its official TensorFlow code (wzzheng/HDML):
 
-* Generator: Linear(D, H) - BatchNorm - ReLU - Linear(H, F), the official code's two FC layers
-  (H = 512, F = 1024 for GoogLeNet); H is ``hdml_hidden`` and F the backbone's feature width.
+* Generator: Linear(D, H) - BatchNorm - ReLU - Linear(H, F), two FC layers like the official code's
+  (which puts ReLU before BatchNorm; H = 512, F = 1024 for GoogLeNet); H is ``hdml_hidden`` and F
+  the backbone's feature width.
   Reconstructions and hardened negatives go through it as one batch, as there.
 * J_avg and the J_gen in the weight are running means over the last ``window`` steps, both +inf
   until ``window`` steps have been seen (the official code starts both at 1e6 and averages
