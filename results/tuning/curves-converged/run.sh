@@ -12,5 +12,5 @@ tune() { name=$1; shift; "$PY" -m pnca_utils tune --size default --quiet --jobs 
   --set weights=auto-multiscale --set image_size=56 --epochs 40 --seeds 2 "$@"; }
 tune triplet-lr --preset triplet --grid lr=3e-2,1e-1,3e-1
 tune npair-lr --preset npair --grid lr=1e-2,2e-2,4e-2
-tune triplet-lr-edge --preset triplet --grid lr=1  # the edge step (README, "Reading, and an edge")
+tune triplet-lr-edge --preset triplet --grid lr=1,3  # the edge step (README, "Reading, and an edge")
 "$PY" -c "from pnca_utils.experiments.tuning import write_budgets; write_budgets('$OUT')"
