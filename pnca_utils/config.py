@@ -300,7 +300,10 @@ CALIBRATED_CONVERGED: dict[tuple[str, str], dict] = {
     ("embedded", "proxynca++"): dict(lr=4e-2, proxy_lr=0.4),  # budgets 13-14 epochs; the size's 20
     # the usual 56 px: only ProxyNCA++ takes the larger images; budget 33 at lr 1 and 2
     ("embedded", "proxynca"): dict(lr=1.0, epochs=40, image_size=56),
-    # results/tuning/curves-converged: 2e-2 inside its grid, both curves still rising at 40 epochs (the cap)
+    # results/tuning/curves-converged: triplet 1 (searched 3e-2 to 3), budgets 34 and 11, plus 5
+    ("embedded", "triplet"): dict(lr=1.0, epochs=39, image_size=56),
+    ("embedded", "hdml-triplet"): dict(lr=1.0, epochs=39, image_size=56),  # HDML at its baseline's rate and budget
+    # N-pair 2e-2 inside its grid, both curves still rising at 40 epochs (the cap)
     ("embedded", "npair"): dict(lr=2e-2, epochs=40, image_size=56),
     ("embedded", "hdml-npair"): dict(lr=2e-2, epochs=40, image_size=56),  # HDML at its baseline's rate and budget
 }

@@ -70,7 +70,7 @@ def test_converged_size_refuses_methods_not_yet_validated():
 
 
 def test_hdml_trains_at_its_baselines_converged_rate_and_budget():
-    for base in ("npair",):
+    for base in ("triplet", "npair"):
         plain, hdml = make_config(base, "converged"), make_config("hdml-" + base, "converged")
         assert (hdml.lr, hdml.epochs, hdml.image_size) == (plain.lr, plain.epochs, plain.image_size)
         assert hdml.image_size == 56 and hdml.weights == "auto-multiscale"
