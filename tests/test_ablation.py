@@ -242,3 +242,14 @@ def test_equivalence_reads_the_interval_against_the_margin(low, high, expected):
 def test_equivalence_needs_a_positive_margin():
     with pytest.raises(ValueError, match="margin"):
         ablation.equivalence({"Δ low": -1.0, "Δ high": 1.0}, 0)
+
+
+def test_best_rate_averages_each_rates_variants_by_hand():
+    rate_of = {"a at 1": 1.0, "b at 1": 1.0, "a at 2": 2.0, "b at 2": 2.0}
+    runs = pd.DataFrame({"variant": ["a at 1", "b at 1", "a at 2", "b at 2", "other"],
+                         "R@1": [30.0, 10.0, 25.0, 20.0, 99.0]})
+    # rate 1: (30 + 10) / 2 = 20; rate 2: (25 + 20) / 2 = 22.5; the best single run (30) is at rate 1
+    assert ablation.best_rate(runs, rate_of, floor=5.0) == 2.0
+    assert ablation.best_rate(runs, rate_of, floor=30.0) is None  # no run of the search above the floor
+    with pytest.raises(ConfigError, match="unfinished: no run of b at 2"):
+        ablation.best_rate(runs[runs["variant"] != "b at 2"], rate_of, floor=5.0)

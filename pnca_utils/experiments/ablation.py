@@ -332,6 +332,19 @@ def equivalence(row, margin: float) -> str:
     return "unresolved"
 
 
+def best_rate(runs: pd.DataFrame, rate_of: dict[str, float], floor: float) -> float | None:
+    """The rate whose variants have the highest mean R@1 over `runs` (rows with 'variant' and 'R@1'),
+    each variant mapped to its rate by `rate_of`: a search that favours none of the variants trained at
+    a rate. None when no run's R@1 exceeds `floor` (say, the untrained network's plus a margin)."""
+    missing = sorted(set(rate_of) - set(runs["variant"]))
+    if missing:
+        raise ConfigError(f"the search is unfinished: no run of {', '.join(missing)}")
+    runs = runs[runs["variant"].isin(rate_of)]
+    if not (runs["R@1"] > floor).any():
+        return None
+    return float(runs.groupby(runs["variant"].map(rate_of))["R@1"].mean().idxmax())
+
+
 def verdict_line(name: str, row) -> str:
     """A summary row's paired comparison in words: 'NAME against REFERENCE: Δ R@1 +x.x (95 % interval ...): verdict'."""
     return (f"{name} against {row['reference']}: Δ R@1 {row['Δ R@1']:+.1f} "

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pnca_utils.experiments.ablation import Variant, run_grid, write_summary
+from pnca_utils.config import ConfigError
+from pnca_utils.experiments.ablation import Variant, best_rate, run_grid, write_summary
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "many-class"
@@ -44,13 +45,10 @@ def chosen_rate(search_runs: pd.DataFrame) -> float | None:
     """The amendment's rule: the backbone rate whose pair has the highest mean R@1 (favouring neither
     variant); None when no run lifts R@1 more than 2 points above the untrained network (untestable)."""
     names = {v.name: lr for lr in SEARCH_RATES for v in pair(lr)}
-    missing = sorted(set(names) - set(search_runs["variant"]))
-    if missing:
-        raise SystemExit(f"the search is unfinished ({', '.join(missing)} missing): run `run_many.py search` first")
-    if search_runs["R@1"].max() <= UNTRAINED_R1 + 2:
-        return None
-    means = search_runs.assign(lr=search_runs["variant"].map(names)).groupby("lr")["R@1"].mean()
-    return float(means.idxmax())
+    try:
+        return best_rate(search_runs, names, floor=UNTRAINED_R1 + 2)
+    except ConfigError as error:
+        raise SystemExit(f"{error}: run `run_many.py search` first")
 
 
 def search(jobs: int = 2) -> int:
