@@ -343,7 +343,7 @@ print("R@1 among the 12 classes: " + ", ".join(f"{k} {v:.1f}" for k, v in tsne_r
 #
 # ## Several seeds
 #
-# `make reproduce` trains the same five configs for three seeds and writes
+# `make reproduce` trains the same five configs for several seeds (the cell prints how many) and writes
 # `results/embedded/hdml/ablation.csv` (mean and standard deviation per method, and HDML's paired
 # difference to its baseline, seed by seed). When the file is there, the table below reads it;
 # otherwise the chapter's own single-seed runs are all there is.
@@ -374,7 +374,8 @@ else:
 
 # %% [markdown]
 # Does the ranking hold with longer training? `results/embedded-8-epochs/hdml/` holds the same five
-# methods and seeds trained for 8 epochs instead of 4; the cell sets the mean R@1 of both side by side.
+# methods and seeds trained for longer (the column headers give both budgets); the cell sets the mean
+# R@1 of both side by side.
 
 # %%
 longer = analysis.read_table(longer_table_dir / "ablation.csv", ["variant", "R@1 mean"])
