@@ -31,9 +31,9 @@ def epoch_means(history: dict) -> pd.DataFrame:
 def readings(table: pd.DataFrame) -> pd.DataFrame:
     """Per variant, mean over seeds: synthetic against real anchor-negative distance at the last epoch
     (prediction 1: at least 10 % lower), and J_recon at the last epoch over the first (prediction 2: below 0.5)."""
-    first, last = table["epoch"].min(), table["epoch"].max()
-    at = lambda e: table[table["epoch"] == e].groupby("variant")  # noqa: E731
-    end, start = at(last), at(first)
+    epochs = table.groupby("variant")["epoch"]  # each variant's own first and last epoch (budgets differ)
+    end = table[table["epoch"] == epochs.transform("max")].groupby("variant")
+    start = table[table["epoch"] == epochs.transform("min")].groupby("variant")
     return pd.DataFrame({
         "d_synthetic / d_negative (last epoch)": end["d_synthetic"].mean() / end["d_negative"].mean(),
         "nearer than positive: real": end["nearer_real"].mean(),
