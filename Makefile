@@ -74,7 +74,8 @@ tune: setup
 
 # The ProxyNCA++ ablations at size converged, 5 seeds (80 runs, about 3.6 hours with JOBS=2 on 2 cores),
 # the HDML comparison at size default, 3 seeds (what chapter 08 reads today), and at size converged,
-# 5 seeds (20 runs, about 1.5 hours with JOBS=2; ProxyNCA++ beside it is the first grid's); runs are
+# 5 seeds (20 runs, about 2.3 hours with JOBS=2; ProxyNCA++ beside it is the first grid's) and its hardness
+# measurements; runs are
 # cached in build/runs (shared with make book), an interrupted grid resumes from its runs.csv.
 reproduce: setup
 	$(PY) -m pnca_utils ablate --grid proxynca++ --dataset embedded --size converged --seeds 5 --jobs $(JOBS) \
@@ -84,6 +85,7 @@ reproduce: setup
 	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size converged --seeds 5 --jobs $(JOBS) \
 	  --runs $(BUILD)/runs --out results/converged/hdml \
 	  --variant Triplet --variant HDML-Triplet --variant N-pair --variant HDML-N-pair
+	$(PY) results/diagnostics/hdml/measurements.py
 	$(MAKE) diagnostics
 
 # The diagnostics of results/diagnostics; each resumes. About 13.5 hours of run time summed

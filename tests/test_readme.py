@@ -37,6 +37,14 @@ def _table_row(label: str, variant: str) -> str:
     return f"| {label} | " + " | ".join(f"{row[m + ' mean']:.1f} ± {row[m + ' std']:.1f}" for m in TABLE_METRICS) + " |"
 
 
+def _synthetic_nearer() -> pd.Series:
+    """Per HDML variant, how much nearer to the anchor the synthetic negatives are than the real ones at
+    the last epoch, in percent (mean over seeds; results/diagnostics/hdml/measurements.py's reading)."""
+    table = pd.read_csv(ROOT / "results" / "diagnostics" / "hdml" / "measurements.csv")
+    end = table[table["epoch"] == table.groupby("variant")["epoch"].transform("max")].groupby("variant")
+    return 100 * (1 - end["d_synthetic"].mean() / end["d_negative"].mean())
+
+
 def _claims() -> list[str]:
     grid, meta = _grid(), json.loads((CONVERGED / "grid.json").read_text())
     untrained = pd.read_csv(CONVERGED / "untrained.csv").set_index("variant").loc["ProxyNCA++"]
@@ -49,7 +57,14 @@ def _claims() -> list[str]:
     gradient_fall = by_epoch.iloc[0] / by_epoch.iloc[-1]
     fast = pd.read_csv(ROOT / "results" / "diagnostics" / "fast-proxies" / "ablation.csv").set_index("variant")
     slow_paper = fast.loc["paper rates, proxies 4e-3"]
+    hdml = pd.read_csv(CONVERGED / "hdml" / "ablation.csv").set_index("variant")
+    hdml_interval = {v: f"interval {_signed(hdml.loc[v, 'Δ low'])} to {_signed(hdml.loc[v, 'Δ high'])}"
+                     for v in ("HDML-Triplet", "HDML-N-pair")}
+    nearer = _synthetic_nearer()
     return [
+        f"changes R@1 by {_signed(hdml.loc['HDML-Triplet', 'Δ R@1'])} for triplet ({hdml_interval['HDML-Triplet']}, "
+        f"unresolved) and by\n{_signed(hdml.loc['HDML-N-pair', 'Δ R@1'])} for N-pair ({hdml_interval['HDML-N-pair']})",
+        f"only\n{nearer['HDML-Triplet']:.0f} % (triplet) and {nearer['HDML-N-pair']:.0f} % (N-pair) nearer",
         "| untrained, 64 px | " + " | ".join(f"{untrained[m]:.1f}" for m in TABLE_METRICS) + " |",
         _table_row("original ProxyNCA (56 px, 40 epochs)", "ProxyNCA"),
         _table_row("ProxyNCA++ (64 px, 20 epochs)", "ProxyNCA++"),
@@ -94,3 +109,7 @@ def test_the_verdicts_the_readme_names_are_the_grids():
     assert bool(grid.loc["− proxy assignment", "within_noise"]) is False and _delta("− proxy assignment") > 0
     for variant in ("− max pooling", "− fast proxies", "− class-balanced batches", "− image scale", "ProxyNCA"):
         assert bool(grid.loc[variant, "within_noise"]) is True, variant
+    hdml = pd.read_csv(CONVERGED / "hdml" / "ablation.csv").set_index("variant")
+    assert bool(hdml.loc["HDML-Triplet", "within_noise"]) is True
+    assert bool(hdml.loc["HDML-N-pair", "within_noise"]) is False and hdml.loc["HDML-N-pair", "Δ R@1"] < 0
+    assert (hdml.loc[["HDML-Triplet", "HDML-N-pair"], ["Δ low", "Δ high"]].abs() < 3).all(axis=None)
