@@ -1,11 +1,11 @@
 """The README's first two predictions, read from the HDML runs' per-step records.
 
 Run from the project root after the converged comparison (README, "The converged comparison"):
-    .venv/bin/python results/diagnostics/hdml/measurements.py [GRID_FOLDER]
+    .venv/bin/python results/diagnostics/hdml/measurements.py [GRID_FOLDER [OUT_CSV]]
 GRID_FOLDER defaults to results/converged/hdml; its runs.csv names the runs, whose history.json is
 read from build/runs (where `ablate --runs build/runs` trained them). Nothing trains here.
-Writes `measurements.csv` beside this file: one row per HDML run and epoch, the epoch's mean of each
-recorded quantity (`pnca_utils.hdml.HDML.train_step`), and prints the two readings.
+Writes OUT_CSV (default: `measurements.csv` beside this file): one row per HDML run and epoch, the
+epoch's mean of each recorded quantity (`pnca_utils.hdml.HDML.train_step`), and prints the two readings.
 """
 import json
 import sys
@@ -43,7 +43,7 @@ def readings(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def main(grid_folder: str = "results/converged/hdml") -> int:
+def main(grid_folder: str = "results/converged/hdml", out_csv: str = str(HERE / "measurements.csv")) -> int:
     runs = pd.read_csv(Path(grid_folder) / "runs.csv")
     runs = runs[runs["variant"].str.startswith("HDML")]
     if runs.empty:
@@ -55,7 +55,7 @@ def main(grid_folder: str = "results/converged/hdml") -> int:
             raise SystemExit(f"{path} is missing: train the grid with --runs build/runs first")
         parts.append(epoch_means(json.loads(path.read_text())).assign(variant=run["variant"], seed=run["seed"]))
     table = pd.concat(parts, ignore_index=True)[["variant", "seed", "epoch", *MEASURED]]
-    table.to_csv(HERE / "measurements.csv", index=False)
+    table.to_csv(out_csv, index=False)
     print(readings(table).to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
 
