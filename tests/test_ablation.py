@@ -244,6 +244,18 @@ def test_equivalence_needs_a_positive_margin():
         ablation.equivalence({"Δ low": -1.0, "Δ high": 1.0}, 0)
 
 
+@pytest.mark.parametrize("many, few, expected", [
+    ((-5.0, -8.0, -2.0), -1.0, "holds"),       # below 0, and a larger drop than -1
+    ((-5.0, -8.0, -2.0), -6.0, "fails"),       # below 0, but a smaller drop than -6
+    ((-5.0, -8.0, -2.0), -5.0, "fails"),       # equal drops: not larger
+    ((2.0, 1.0, 3.0), 5.0, "fails"),           # interval above 0
+    ((-1.0, -4.0, 2.0), 0.0, "unresolved"),    # the interval holds 0
+])
+def test_larger_drop_reads_the_interval_and_the_other_regime(many, few, expected):
+    row = {"Δ R@1": many[0], "Δ low": many[1], "Δ high": many[2]}
+    assert ablation.larger_drop(row, {"Δ R@1": few}) == expected
+
+
 def test_best_rate_averages_each_rates_variants_by_hand():
     rate_of = {"a at 1": 1.0, "b at 1": 1.0, "a at 2": 2.0, "b at 2": 2.0}
     runs = pd.DataFrame({"variant": ["a at 1", "b at 1", "a at 2", "b at 2", "other"],

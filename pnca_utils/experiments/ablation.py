@@ -332,6 +332,17 @@ def equivalence(row, margin: float) -> str:
     return "unresolved"
 
 
+def larger_drop(row, other) -> str:
+    """A prediction of 'a drop, larger than in `other`' read from two summary rows: 'holds' when `row`'s
+    95 % interval lies wholly below 0 and its Δ below `other`'s, 'fails' when its interval lies wholly
+    above 0 or its Δ is not below `other`'s, 'unresolved' otherwise (the interval holds 0)."""
+    if row["Δ high"] < 0 and row["Δ R@1"] < other["Δ R@1"]:
+        return "holds"
+    if row["Δ low"] > 0 or row["Δ R@1"] >= other["Δ R@1"]:
+        return "fails"
+    return "unresolved"
+
+
 def best_rate(runs: pd.DataFrame, rate_of: dict[str, float], floor: float) -> float | None:
     """The rate whose variants have the highest mean R@1 over `runs` (rows with 'variant' and 'R@1'),
     each variant mapped to its rate by `rate_of`: a search that favours none of the variants trained at
