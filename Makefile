@@ -88,10 +88,10 @@ reproduce: setup
 	$(PY) results/diagnostics/hdml/measurements.py
 	$(MAKE) diagnostics
 
-# The diagnostics of results/diagnostics; each resumes. About 13.5 hours of run time summed
+# The diagnostics of results/diagnostics; each resumes. About 16.5 hours of run time summed
 # over the runs (image scale 5 min, proxy assignment 1.5 h, fast proxies 1.6 h, its proxy-rate sweep about
 # 2.3 h, its many-class design 3 h, balanced batches 1.5 h for ProxyNCA++ and about 3.5 h for the triplet
-# loss), so about 7 hours on 2 cores with JOBS=2.
+# loss, HDML's J_avg switch about 3 h), so about 8.5 hours on 2 cores with JOBS=2.
 diagnostics: setup
 	$(PY) results/diagnostics/image-scale/run.py
 	$(PY) results/diagnostics/proxy-assignment/run.py $(JOBS)
@@ -104,6 +104,8 @@ diagnostics: setup
 	$(PY) results/diagnostics/balanced-batches/run.py $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py triplet-search $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py triplet $(JOBS)
+	$(PY) results/diagnostics/hdml/run_javg.py $(JOBS)
+	$(PY) results/diagnostics/hdml/measurements.py results/diagnostics/hdml/javg results/diagnostics/hdml/javg/measurements.csv
 
 bench: setup
 	$(PY) benchmarks/run.py --out results/benchmarks.json
