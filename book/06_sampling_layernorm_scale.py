@@ -330,19 +330,18 @@ else:
 # the many-class set of chapter 05's design (c). The cell reads the committed results; nothing trains.
 
 # %%
-balance_dir = results_dir() / "diagnostics" / "balanced-batches" / "proxynca++"
-balance = analysis.read_table(balance_dir / "ablation.csv", ["variant", "R@1 mean", "Δ R@1", "Δ low", "Δ high"])
-if balance is None:
-    print(f"No committed results in {balance_dir}: see the diagnostic's README to regenerate them.")
-else:
-    balance_seeds = pd.read_csv(balance_dir / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
-    regimes = {row["variant"].rsplit(", ", 1)[0]: (row["reference"], row["variant"])
-               for _, row in balance.dropna(subset=["Δ R@1"]).iterrows()}
+balance_dir = results_dir() / "diagnostics" / "balanced-batches"
+halves = {half: analysis.read_paired(balance_dir / half) for half in ("proxynca++", "triplet")}
+for half in (half for half, read in halves.items() if read is None):
+    print(f"No committed results in {balance_dir / half}: see the diagnostic's README to regenerate them.")
+if halves["proxynca++"] is not None:
+    balance_table, balance_seeds, balance_pairs = halves["proxynca++"]
+    regimes = {variant.rsplit(", ", 1)[0]: pair for variant, pair in balance_pairs.items()}
     paired_seeds(balance_seeds, regimes, ["balanced batches", "random batches"])
     plt.savefig(figures / "06_balanced_batches.png", dpi=110, bbox_inches="tight")
     plt.show()
     for regime, (_, random_variant) in regimes.items():
-        row = balance.set_index("variant").loc[random_variant]
+        row = balance_table.loc[random_variant]
         print(ablation.verdict_line(random_variant, row))
         print(f"  prediction 'within ±3 points' with {regime}: {ablation.equivalence(row, 3)}")
 
@@ -361,22 +360,16 @@ else:
 # searched first on validation classes. The dashed lines mark the untrained network.
 
 # %%
-triplet_dir = results_dir() / "diagnostics" / "balanced-batches" / "triplet"
-triplet = analysis.read_table(triplet_dir / "ablation.csv", ["variant", "R@1 mean", "Δ R@1", "Δ low", "Δ high"])
-if triplet is None:
-    print(f"No committed results in {triplet_dir}: see the diagnostic's README to regenerate them.")
-else:
-    triplet_seeds = pd.read_csv(triplet_dir / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
-    triplet_untrained = pd.read_csv(triplet_dir / "untrained.csv").set_index("variant")["R@1"]
-    triplet_regimes = {row["variant"].rsplit(", ", 1)[0]: (row["reference"], row["variant"])
-                       for _, row in triplet.dropna(subset=["Δ R@1"]).iterrows()}
+if halves["triplet"] is not None:
+    by_variant, triplet_seeds, triplet_pairs = halves["triplet"]
+    triplet_untrained = pd.read_csv(balance_dir / "triplet" / "untrained.csv").set_index("variant")["R@1"]
+    triplet_regimes = {variant.rsplit(", ", 1)[0]: pair for variant, pair in triplet_pairs.items()}
     ax = paired_seeds(triplet_seeds, triplet_regimes, ["balanced batches", "random batches"],
                       title="triplet loss, each line one seed")
     for (_, (balanced_variant, _)), colour in zip(triplet_regimes.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         ax.axhline(triplet_untrained[balanced_variant], color=colour, linestyle="--", linewidth=1)
     plt.savefig(figures / "06_balanced_batches_triplet.png", dpi=110, bbox_inches="tight")
     plt.show()
-    by_variant = triplet.set_index("variant")
     for regime, (balanced_variant, random_variant) in triplet_regimes.items():
         print(ablation.verdict_line(random_variant, by_variant.loc[random_variant]))
         print(f"  {regime}: untrained {triplet_untrained[balanced_variant]:.1f}, balanced "

@@ -140,6 +140,20 @@ def test_read_table_returns_none_unless_the_file_has_the_columns(tmp_path):
     assert analysis.read_table(path, ["variant", "NMI mean"]) is None
 
 
+def test_read_paired_pairs_each_compared_variant_with_its_reference(tmp_path):
+    assert analysis.read_paired(tmp_path) is None
+    (tmp_path / "ablation.csv").write_text("variant,reference,R@1 mean,Δ R@1,Δ low,Δ high\n"
+                                           "full,,50.0,,,\nfew,full,40.0,-10.0,-12.0,-8.0\n"
+                                           "full 2,,30.0,,,\nmany,full 2,35.0,5.0,1.0,9.0\n")
+    (tmp_path / "runs.csv").write_text("variant,seed,R@1\nfull,0,49\nfull,1,51\nfew,0,41\nfew,1,39\n"
+                                       "full 2,0,30\nfull 2,1,30\nmany,0,34\nmany,1,36\n")
+    summary, by_seed, pairs = analysis.read_paired(tmp_path)
+    assert pairs == {"few": ("full", "few"), "many": ("full 2", "many")}
+    assert summary.loc["many", "Δ R@1"] == 5.0
+    assert by_seed.loc[1, "few"] == 39 and by_seed.loc[0, "full 2"] == 30
+    assert list(by_seed.index) == [0, 1]
+
+
 @pytest.mark.parametrize("temperature", [1.0, 1 / 9])
 def test_assignment_profile_matches_the_closed_forms(temperature):
     d, dn, c, t = np.linspace(0, 4, 9), 2.0, 6, temperature

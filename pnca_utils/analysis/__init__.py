@@ -17,7 +17,7 @@ Every name is also importable from `pnca_utils.analysis` itself, as the chapters
 """
 from __future__ import annotations
 
-from .tables import METRIC_COLUMNS, metrics_table, describe_change, compare_to_reference, read_table
+from .tables import METRIC_COLUMNS, metrics_table, describe_change, compare_to_reference, read_table, read_paired
 from .embeddings import pick_classes, embed_classes, tsne
 from .proxy_loss import (proxy_configuration, proxy_loss_profile, assignment_profile, proxy_gaps,
                          neighbour_gaps, per_image_losses)
@@ -29,7 +29,7 @@ from .layernorm import pooled_features, feature_statistics
 from .hardening import hardening_table
 from .history import step_series, step_means_per_epoch
 
-__all__ = ["METRIC_COLUMNS", "metrics_table", "describe_change", "compare_to_reference", "read_table",
+__all__ = ["METRIC_COLUMNS", "metrics_table", "describe_change", "compare_to_reference", "read_table", "read_paired",
            "pick_classes", "embed_classes", "tsne", "proxy_configuration", "proxy_loss_profile",
            "assignment_profile", "proxy_gaps", "neighbour_gaps", "feature_maps", "box_cell_mask",
            "winner_counts", "region_shares", "GRADIENT_KEYS", "proxy_gradient_split", "adam_step_sizes", "proxy_turn_angles",

@@ -49,6 +49,25 @@ def read_table(path, required: Sequence[str] = ()) -> pd.DataFrame | None:
     return table
 
 
+def read_paired(folder) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
+    """A committed paired comparison (a grid's ablation.csv and runs.csv in `folder`), or None when its
+    summary is missing or unreadable.
+
+    Returns the summary indexed by variant, R@1 with a row per seed and a column per variant, and
+    {variant: (reference, variant)} for each variant compared with a reference (the pairs
+    `plots.paired_seeds` draws).
+    """
+    from pathlib import Path
+
+    summary = read_table(Path(folder) / "ablation.csv", ["variant", "reference", "R@1 mean", "Δ R@1", "Δ low", "Δ high"])
+    if summary is None:
+        return None
+    by_seed = pd.read_csv(Path(folder) / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
+    compared = summary.dropna(subset=["Δ R@1"])
+    pairs = {variant: (reference, variant) for variant, reference in zip(compared["variant"], compared["reference"])}
+    return summary.set_index("variant"), by_seed, pairs
+
+
 def compare_to_reference(reference: Mapping[str, float], runs: Mapping[str, Mapping[str, float]],
                          reference_name: str = "reference", columns: Sequence[str] = METRIC_COLUMNS,
                          delta: str = "R@1", digits: int = 1) -> pd.DataFrame:
