@@ -466,7 +466,49 @@ else:
 # the first explanation of the README, and with so little hardness left the synthetic loss has little
 # to add. The official code's $J_{\text{avg}}$ sums its loss instead of averaging it, which would
 # make the hardening partial instead of total; that switch (`hdml_javg = "sum"`) is the diagnostic's
-# next, pre-registered run, not yet made.
+# next, pre-registered run, read below.
+#
+# ## The official scale of $J_{\text{avg}}$: a pre-registered switch
+#
+# Our $J_{\text{avg}}$ averages the batch's loss; the official code sums it, a value about batch-size
+# times larger, so $e^{-\alpha / J_{\text{avg}}}$ is no longer 0 and the hardening becomes partial. Before
+# any run, the diagnostic's README wrote three predictions for HDML-Triplet and HDML-N-pair with the sum
+# against the mean (3 seeds each, validation classes, each loss at its converged rate and budget):
+# (A) over the last epoch the hardening factor lies in [0.3, 0.95] for triplet and [0.02, 0.5] for
+# N-pair, and stays 0 with the mean; (B) the synthetic negatives are no nearer to the anchor with the
+# sum, since the generator already returns most of the hardness; (C) R@1 moves by less than 3 points
+# (the paired interval inside ±3). The cell reads the committed runs; nothing trains.
+
+# %%
+javg_dir = results_dir() / "diagnostics" / "hdml" / "javg"
+javg = analysis.read_paired(javg_dir)
+javg_measured = analysis.read_table(javg_dir / "measurements.csv", ["variant", "epoch", "hardening_factor",
+                                                                    "d_synthetic", "d_negative"])
+javg_reading = {}
+if javg is None or javg_measured is None:
+    print(f"No committed runs or measurements in {javg_dir}: see results/diagnostics/hdml/README.md.")
+else:
+    javg_table, javg_seeds, javg_pairs = javg
+    last = javg_measured[javg_measured["epoch"] == javg_measured.groupby("variant")["epoch"].transform("max")]
+    at_end = last.groupby("variant")[["hardening_factor", "d_synthetic", "d_negative"]].mean()
+    at_end["synthetic / real"] = at_end["d_synthetic"] / at_end["d_negative"]
+    factor_range = {"HDML-Triplet": (0.3, 0.95), "HDML-N-pair": (0.02, 0.5)}  # prediction A, from the README
+    paired_seeds(javg_seeds, {variant.split(",")[0]: pair for variant, pair in javg_pairs.items()},
+                 ["J_avg of the mean", "J_avg of the sum"])
+    plt.savefig(figures / "08_javg_switch.png", dpi=110, bbox_inches="tight")
+    plt.show()
+    for summed, (averaged, _) in javg_pairs.items():
+        loss = summed.split(",")[0]
+        low, high = factor_range[loss]
+        factor, ratio = at_end["hardening_factor"], at_end["synthetic / real"]
+        javg_reading[loss] = {
+            "A": "holds" if low <= factor[summed] <= high and round(factor[averaged], 2) == 0 else "fails",
+            "B": "holds" if ratio[summed] >= ratio[averaged] else "fails",
+            "C": ablation.equivalence(javg_table.loc[summed], 3)}
+        print(f"{loss}: hardening factor over the last epoch {factor[averaged]:.2f} with the mean, {factor[summed]:.2f} "
+              f"with the sum (A, range [{low:g}, {high:g}]: {javg_reading[loss]['A']}); synthetic / real negative "
+              f"distance {ratio[averaged]:.3f} and {ratio[summed]:.3f} (B: {javg_reading[loss]['B']})")
+        print(f"  {ablation.verdict_line(summed, javg_table.loc[summed])}; C (inside ±3): {javg_reading[loss]['C']}")
 
 # %% [markdown]
 # The numbers are saved to `results/08.json`: `methods` holds each run's metrics (percent, one
@@ -474,8 +516,8 @@ else:
 # table when there is one, with `std` and `n`) beside the paper's CUB numbers (`paper`), `source`
 # says which (`live` or the folder of the seeded table), `hardening` the per-epoch means of the
 # recorded HDML quantities, `tsne_r1` the R@1 among the 12 classes, `converged` the converged
-# comparison's verdicts, `hardness` its distance and reconstruction readings, and `size` the size the
-# chapter ran at.
+# comparison's verdicts, `hardness` its distance and reconstruction readings, `javg` the J_avg switch's
+# verdicts on predictions A to C, and `size` the size the chapter ran at.
 
 # %%
 table_out = {}
@@ -489,7 +531,7 @@ for name in methods:
         entry["n"] = int(row["n"]) if "n" in row.index else None
     table_out[name] = entry
 saved = {"size": size, "source": source, "methods": methods, "table": table_out, "tsne_r1": tsne_r1,
-         "converged": converged_verdicts, "hardness": hardness_reading,
+         "converged": converged_verdicts, "hardness": hardness_reading, "javg": javg_reading,
          "hardening": {name: json.loads(t.to_json(orient="index")) for name, t in per_epoch.items()}}
 (results / "08.json").write_text(json.dumps(saved, indent=2, allow_nan=False, default=float))
 print(f"wrote {results / '08.json'} (source: {source})")
