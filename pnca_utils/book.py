@@ -313,16 +313,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_book_time(path: Path, size: str, seconds: dict, cached_runs: int) -> None:
-    """Record a whole book's wall time: per chapter, in all, and on what (benchmarks/run.py copies it)."""
+    """Record a whole book's wall time: per chapter, in all, and on what code and machine (benchmarks/run.py
+    copies it; results/book_time.json is the committed measurement)."""
     import datetime
     import platform
+
+    from pnca_utils.experiments import provenance
 
     path.write_text(json.dumps({
         "size": size, "total_seconds": round(sum(seconds.values()), 1),
         "chapters": {name: round(value, 1) for name, value in seconds.items()},
         "finished_runs_before": cached_runs,  # > 0: some training was reused from an earlier build
         "cpus": os.cpu_count(), "load_average_end": list(os.getloadavg()), "python": platform.python_version(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), **provenance.record()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

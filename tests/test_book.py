@@ -337,3 +337,4 @@ def test_a_whole_book_records_its_wall_time(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "book_time.json").read_text())
     assert record["size"] == "ci" and record["total_seconds"] == 3.8 and record["chapters"]["01_b"] == 2.5
     assert record["finished_runs_before"] == 1 and record["cpus"] == os.cpu_count()
+    assert record["commit"] and record["versions"]["torch"]  # what the time was measured with
