@@ -80,7 +80,7 @@ tune: setup
 reproduce: setup
 	$(PY) -m pnca_utils ablate --grid proxynca++ --dataset embedded --size converged --seeds 5 --jobs $(JOBS) \
 	  --runs $(BUILD)/runs --out results/converged
-	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size default --seeds 3 --jobs $(JOBS) \
+	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size default --seeds 5 --jobs $(JOBS) \
 	  --runs $(BUILD)/runs --out results/embedded/hdml
 	$(PY) -m pnca_utils ablate --grid hdml --dataset embedded --size converged --seeds 5 --jobs $(JOBS) \
 	  --runs $(BUILD)/runs --out results/converged/hdml \

@@ -497,7 +497,7 @@ else:
     factor_by_epoch = javg_measured.groupby(["variant", "epoch"])["hardening_factor"].mean()
     for variant in javg_table.index:
         curve = factor_by_epoch.loc[variant]
-        curves(curve.index, {variant: curve.values}, "epoch", "hardening factor (epoch mean, 3 seeds)", ax=ax_factor,
+        curves(curve.index, {variant: curve.values}, "epoch", f"hardening factor (epoch mean, {int(javg_table['n'].min())} seeds)", ax=ax_factor,
                title="exp(-alpha / J_avg) during training")
     paired_seeds(javg_seeds, {variant.split(",")[0]: pair for variant, pair in javg_pairs.items()},
                  ["J_avg of the mean", "J_avg of the sum"], ax=ax_seeds)
