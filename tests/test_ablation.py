@@ -265,3 +265,14 @@ def test_best_rate_averages_each_rates_variants_by_hand():
     assert ablation.best_rate(runs, rate_of, floor=30.0) is None  # no run of the search above the floor
     with pytest.raises(ConfigError, match="unfinished: no run of b at 2"):
         ablation.best_rate(runs[runs["variant"] != "b at 2"], rate_of, floor=5.0)
+
+
+@pytest.mark.parametrize("delta, expected", [
+    ((2.0, -1.0, 5.0), "holds"),        # the whole interval below 7.3
+    ((8.0, 6.0, 10.0), "fails"),        # the point estimate above 7.3
+    ((7.3, 5.0, 9.0), "fails"),         # at the bound: not smaller
+    ((6.0, 2.0, 10.0), "unresolved"),   # below 7.3, but the interval reaches it
+])
+def test_smaller_than_reads_the_interval_against_the_bound(delta, expected):
+    row = {"Δ R@1": delta[0], "Δ low": delta[1], "Δ high": delta[2]}
+    assert ablation.smaller_than(row, 7.3) == expected

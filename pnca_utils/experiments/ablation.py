@@ -343,6 +343,17 @@ def larger_drop(row, other) -> str:
     return "unresolved"
 
 
+def smaller_than(row, bound: float) -> str:
+    """A prediction of 'Δ smaller than `bound`' read from a summary row: 'holds' when the whole 95 %
+    interval lies below `bound`, 'fails' when the point estimate is at or above it, 'unresolved'
+    otherwise (the point estimate is below `bound`, the interval reaches it)."""
+    if row["Δ high"] < bound:
+        return "holds"
+    if row["Δ R@1"] >= bound:
+        return "fails"
+    return "unresolved"
+
+
 def best_rate(runs: pd.DataFrame, rate_of: dict[str, float], floor: float) -> float | None:
     """The rate whose variants have the highest mean R@1 over `runs` (rows with 'variant' and 'R@1'),
     each variant mapped to its rate by `rate_of`: a search that favours none of the variants trained at
