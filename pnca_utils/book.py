@@ -316,7 +316,6 @@ def write_book_time(path: Path, size: str, seconds: dict, cached_runs: int) -> N
     """Record a whole book's wall time: per chapter, in all, and on what code and machine (benchmarks/run.py
     copies it; results/book_time.json is the committed measurement)."""
     import datetime
-    import platform
 
     from pnca_utils.experiments import provenance
 
@@ -324,8 +323,8 @@ def write_book_time(path: Path, size: str, seconds: dict, cached_runs: int) -> N
         "size": size, "total_seconds": round(sum(seconds.values()), 1),
         "chapters": {name: round(value, 1) for name, value in seconds.items()},
         "finished_runs_before": cached_runs,  # > 0: some training was reused from an earlier build
-        "cpus": os.cpu_count(), "load_average_end": list(os.getloadavg()), "python": platform.python_version(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), **provenance.record()}, indent=2) + "\n")
+        "load_average_end": list(os.getloadavg()), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        **provenance.record()}, indent=2) + "\n")  # the record holds python's version and the cpus
 
 
 if __name__ == "__main__":

@@ -336,5 +336,5 @@ def test_a_whole_book_records_its_wall_time(tmp_path, monkeypatch):
     assert main(["--size", "ci", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "book_time.json").read_text())
     assert record["size"] == "ci" and record["total_seconds"] == 3.8 and record["chapters"]["01_b"] == 2.5
-    assert record["finished_runs_before"] == 1 and record["cpus"] == os.cpu_count()
+    assert record["finished_runs_before"] == 1 and record["machine"]["cpus"] == os.cpu_count()
     assert record["commit"] and record["versions"]["torch"]  # what the time was measured with
