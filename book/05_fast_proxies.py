@@ -408,12 +408,11 @@ from pnca_utils.experiments import ablation
 from pnca_utils.paths import results_dir
 
 diagnostic = results_dir() / "diagnostics" / "fast-proxies"
-summary_fp = analysis.read_table(diagnostic / "ablation.csv", ["variant", "R@1 mean", "Δ R@1"])
+by_name, seeds_fp, _ = analysis.read_paired(diagnostic) or (None, None, None)
 moved = analysis.read_table(diagnostic / "movement.csv", ["variant", "seed", "turn (degrees)", "length ratio"])
-if summary_fp is None or moved is None:
+if by_name is None or moved is None:
     print(f"No committed results in {diagnostic}: see its README to regenerate them.")
 else:
-    seeds_fp = pd.read_csv(diagnostic / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
     pairs = {"(a) paper rates": ("paper rates, proxies 4e2", "paper rates, proxies 4e-3"),
              "(b) calibrated rates": ("calibrated rates, proxies 0.4", "calibrated rates, proxies 4e-2")}
     fig, (ax_r, ax_m) = plt.subplots(1, 2, figsize=(12, 4))
@@ -429,7 +428,6 @@ else:
     fig.tight_layout()
     plt.savefig(figures / "05_diagnostic.png", dpi=110, bbox_inches="tight")
     plt.show()
-    by_name = summary_fp.set_index("variant")
     for name, row in by_name.dropna(subset=["Δ R@1"]).iterrows():
         print(ablation.verdict_line(name, row))
     slow_paper = by_name.loc[pairs["(a) paper rates"][1]]
@@ -466,23 +464,23 @@ else:
 
 # %%
 many = diagnostic / "many-class"
-summary_many = analysis.read_table(many / "ablation.csv", ["variant", "R@1 mean", "Δ R@1"])
+paired_many = analysis.read_paired(many)
 search_many = analysis.read_table(many / "search" / "runs.csv", ["variant", "seed", "R@1"])
-if summary_many is None or search_many is None:
+if paired_many is None or search_many is None:
     print(f"No committed results in {many}: see the diagnostic's README to regenerate them.")
 else:
     backbone = search_many["variant"].str.extract(r"backbone ([0-9.e-]+),")[0].astype(float)
     print("search, mean R@1 of each backbone rate's pair (seed 0): "
           + ", ".join(f"{lr:g}: {r1:.1f}" for lr, r1 in search_many.groupby(backbone)["R@1"].mean().items()))
-    many_seeds = pd.read_csv(many / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
-    fast_many, slow_many = summary_many["variant"]
+    summary_many, many_seeds, pairs_many = paired_many
+    (fast_many, slow_many), = pairs_many.values()
     fig, ax = plt.subplots(figsize=(6, 4))
     paired_seeds(many_seeds, {"(c) 880 classes": (fast_many, slow_many)},
                  ["fast proxies (0.4)", "proxies at the backbone's rate"], ax=ax)
     plt.savefig(figures / "05_many_classes.png", dpi=110, bbox_inches="tight")
     plt.show()
-    row_c = summary_many.set_index("variant").loc[slow_many]
-    row_b = by_name.loc[pairs["(b) calibrated rates"][1]] if summary_fp is not None else None
+    row_c = summary_many.loc[slow_many]
+    row_b = by_name.loc[pairs["(b) calibrated rates"][1]] if by_name is not None else None
     print(ablation.verdict_line(slow_many, row_c))
     if row_b is not None:
         held = row_c["Δ high"] < 0 and row_c["Δ R@1"] < row_b["Δ R@1"]

@@ -401,7 +401,7 @@ else:
         shown = pd.concat([shown, proxy_grid[proxy_grid["variant"] == "ProxyNCA++"][["variant", "n", "R@1 mean", "R@1 std"]]])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep=""))
     by_name = converged.set_index("variant")
-    converged_seeds = pd.read_csv(converged_table_dir / "runs.csv").pivot(index="seed", columns="variant", values="R@1")
+    _, converged_seeds, _ = analysis.read_paired(converged_table_dir)
     paired_seeds(converged_seeds, {f"{base} → {synth}": (base, synth) for base, synth in pairs},
                  ["baseline", "with HDML"], ylabel="test R@1 (%)")
     plt.savefig(figures / "08_converged_seeds.png", dpi=110, bbox_inches="tight")
