@@ -170,6 +170,7 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     meta = ablation.read_meta(tmp_path)
     assert meta == json.loads((tmp_path / "grid.json").read_text())
     assert (meta["size"], meta["seeds"], meta["epochs"], meta["runs"]) == ("ci", 2, 1, 4)
+    assert meta["fixed"] == ablation.grid_fixed(variants, "ci", **fixed)  # a script can rebuild the grid's configs
     assert ablation.read_meta(tmp_path / "no-grid") == {}
     untrained = pd.read_csv(tmp_path / "untrained.csv").set_index("variant")
     assert list(untrained.index) == [v.name for v in variants]
@@ -192,6 +193,12 @@ def test_grid_runs_resumes_and_is_deterministic(tiny_data, tmp_path, monkeypatch
     summary = write_summary(again, variants, tmp_path)
     assert (tmp_path / "ablation.md").read_text().startswith("| variant |")
     assert list(summary["n"]) == [2, 2]
+
+
+def test_grid_fixed_adds_threads_and_one_final_evaluation_unless_given():
+    variants = [Variant("short", "full", overrides={"epochs": 3}), Variant("long", "full", overrides={"epochs": 5})]
+    assert ablation.grid_fixed(variants, "ci", lr=0.1) == {"threads": ablation.GRID_THREADS, "lr": 0.1, "eval_every": 5}
+    assert ablation.grid_fixed(variants, "ci", threads=2, eval_every=1) == {"threads": 2, "eval_every": 1}
 
 
 def test_variants_sharing_a_config_train_once_and_each_get_their_rows(tiny_data, tmp_path, monkeypatch):

@@ -152,6 +152,15 @@ def select(variants: list[Variant], names: list[str] | None) -> list[Variant]:
     return [known[n] for n in names]
 
 
+def grid_fixed(variants: list[Variant], size: str, **fixed) -> dict:
+    """The config values `run_grid` fixes for every run: `fixed`, plus GRID_THREADS CPU threads and only
+    the final evaluation (every `eval_every` = the longest variant's epochs) unless `fixed` sets them."""
+    fixed = {"threads": GRID_THREADS, **fixed}
+    if "eval_every" not in fixed:  # only the final evaluation: the grid reports final metrics
+        fixed["eval_every"] = max(v.config(size, 0, **fixed).epochs for v in variants)
+    return fixed
+
+
 def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, runs_root: str | Path | None = None,
              data=None, progress: bool = True, jobs: int = 1, scheduler: str | None = None, **fixed) -> pd.DataFrame:
     """Train every variant for seeds 0..seeds-1; rows go to `out/runs.csv` as runs finish.
@@ -167,9 +176,7 @@ def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, ru
     """
     if seeds < 1:
         raise ConfigError(f"seeds must be at least 1, got {seeds}")
-    fixed.setdefault("threads", GRID_THREADS)
-    if "eval_every" not in fixed:  # only the final evaluation: the grid reports final metrics
-        fixed["eval_every"] = max(v.config(size, 0, **fixed).epochs for v in variants)
+    fixed = grid_fixed(variants, size, **fixed)
     # seed by seed, so that an interrupted grid already has whole seeds; every config validated first
     planned = [(v, seed, v.config(size, seed, **fixed)) for seed in range(seeds) for v in variants]
     out = Path(out)
