@@ -88,10 +88,12 @@ reproduce: setup
 	$(PY) results/diagnostics/hdml/measurements.py
 	$(MAKE) diagnostics
 
-# The diagnostics of results/diagnostics; each resumes. About 16.5 hours of run time summed
+# The diagnostics of results/diagnostics; each resumes. About 18.5 hours of run time summed
 # over the runs (image scale 5 min, proxy assignment 1.5 h, fast proxies 1.6 h, its proxy-rate sweep about
-# 2.3 h, its many-class design 3 h, balanced batches 1.5 h for ProxyNCA++ and about 3.5 h for the triplet
-# loss, HDML's J_avg switch about 3 h), so about 8.5 hours on 2 cores with JOBS=2.
+# 2.3 h, its many-class design 3 h, the proxy-assignment follow-up about 2 h after those (its included
+# arms are fast proxies' runs, retrained once for their records), balanced batches 1.5 h for ProxyNCA++
+# and about 3.5 h for the triplet loss, HDML's J_avg switch about 3 h), so about 9.5 hours on 2 cores
+# with JOBS=2.
 diagnostics: setup
 	$(PY) results/diagnostics/image-scale/run.py
 	$(PY) results/diagnostics/proxy-assignment/run.py $(JOBS)
@@ -101,6 +103,8 @@ diagnostics: setup
 	JOBS=$(JOBS) PY=$(PY) bash results/diagnostics/fast-proxies/sweep.sh
 	$(PY) results/diagnostics/fast-proxies/run_many.py search $(JOBS)
 	$(PY) results/diagnostics/fast-proxies/run_many.py $(JOBS)
+	$(PY) results/diagnostics/proxy-assignment/run_regimes.py $(JOBS)
+	$(PY) results/diagnostics/proxy-assignment/run_regimes.py records $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py triplet-search $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py triplet $(JOBS)

@@ -39,3 +39,12 @@ def test_a_committed_run_drawn_at_random_trains_to_its_committed_recall():
     config = Config(**values)
     print(f"results/tuning/{name}: lr {config.lr:g}, seed {config.seed}, committed R@1 {committed}")
     assert fit(config, progress=False).metrics["R@1"] == pytest.approx(committed, abs=TOLERANCE), values
+
+
+def test_make_diagnostics_runs_every_diagnostic_script():
+    """`make reproduce` regenerates every committed diagnostic: each script under results/diagnostics is a
+    step of the Makefile's `diagnostics` target."""
+    target = (ROOT / "Makefile").read_text().split("\ndiagnostics:")[1].split("\n\n")[0]
+    scripts = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "results" / "diagnostics").rglob("*")
+                     if path.suffix in (".py", ".sh"))
+    assert len(scripts) >= 10 and [script for script in scripts if script not in target] == []
