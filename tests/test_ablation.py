@@ -283,3 +283,14 @@ def test_best_rate_averages_each_rates_variants_by_hand():
 def test_smaller_than_reads_the_interval_against_the_bound(delta, expected):
     row = {"Δ R@1": delta[0], "Δ low": delta[1], "Δ high": delta[2]}
     assert ablation.smaller_than(row, 7.3) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(9.9, "holds"), (10.0, "unresolved"), (19.9, "unresolved"),
+                                             (20.0, "fails"), (65.0, "fails")])
+def test_below_reads_a_value_against_its_two_thresholds(value, expected):
+    assert ablation.below(value, 10, 20) == expected
+
+
+def test_below_refuses_thresholds_the_wrong_way_round():
+    with pytest.raises(ValueError, match="must not exceed"):
+        ablation.below(5, 20, 10)

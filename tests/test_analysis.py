@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -128,6 +129,14 @@ def test_step_series_and_epoch_means_skip_missing_values():
     assert means["absent"].isna().all()
     with pytest.raises(ValueError, match="no steps"):
         analysis.step_means_per_epoch({"steps": []}, ["j"])
+
+
+def test_fall_over_training_is_the_mean_over_seeds_of_first_over_last():
+    rows = pd.DataFrame({"variant": ["a"] * 6 + ["b"] * 2, "seed": [0, 0, 0, 1, 1, 1, 0, 0],
+                         "epoch": [3, 1, 2, 1, 2, 3, 1, 2],  # unsorted: the first epoch is found by number
+                         "g": [0.5, 10.0, 4.0, 8.0, 8.0, 2.0, 3.0, 3.0]})
+    fall = analysis.fall_over_training(rows, "g")
+    assert fall.to_dict() == {"a": (10.0 / 0.5 + 8.0 / 2.0) / 2, "b": 1.0}  # (20 + 4) / 2 = 12, not 18 / 2.5
 
 
 def test_read_table_returns_none_unless_the_file_has_the_columns(tmp_path):

@@ -10,7 +10,7 @@
 | `batches` | what a batch holds: classes and images per class | 06 |
 | `layernorm` | pooled features before and after LayerNorm | 06 |
 | `hardening` | HDML's hardened negatives in closed form | 08 |
-| `history` | per-step training histories as series and epoch means | 03, 05, 08 |
+| `history` | per-step training histories as series, epoch means, how far a value falls over training | 02, 03, 05, 08 |
 
 Every name is also importable from `pnca_utils.analysis` itself, as the chapters do
 (`analysis.describe_change(...)`). Everything is deterministic given its `seed`.
@@ -27,11 +27,11 @@ from .gradients import (GRADIENT_KEYS, proxy_gradient_split, adam_step_sizes, pr
 from .batches import batch_composition
 from .layernorm import pooled_features, feature_statistics
 from .hardening import hardening_table
-from .history import step_series, step_means_per_epoch
+from .history import step_series, step_means_per_epoch, fall_over_training
 
 __all__ = ["METRIC_COLUMNS", "metrics_table", "describe_change", "compare_to_reference", "read_table", "read_paired",
            "pick_classes", "embed_classes", "tsne", "proxy_configuration", "proxy_loss_profile",
            "assignment_profile", "proxy_gaps", "neighbour_gaps", "feature_maps", "box_cell_mask",
            "winner_counts", "region_shares", "GRADIENT_KEYS", "proxy_gradient_split", "adam_step_sizes", "proxy_turn_angles",
            "parameter_groups", "step_scales", "batch_composition", "pooled_features", "feature_statistics",
-           "hardening_table", "step_series", "step_means_per_epoch"]
+           "hardening_table", "step_series", "step_means_per_epoch", "fall_over_training"]

@@ -1,4 +1,5 @@
-"""Per-step training histories as series and per-epoch means (chapters 03, 05, 08)."""
+"""Per-step training histories as series, per-epoch means and how far a value falls over training
+(chapters 02, 03, 05, 08)."""
 from __future__ import annotations
 
 import math
@@ -26,3 +27,10 @@ def step_means_per_epoch(history: Mapping, keys: Sequence[str]) -> pd.DataFrame:
         table[key] = [float(np.nanmean(values[epochs == e])) if np.isfinite(values[epochs == e]).any() else math.nan
                       for e in np.unique(epochs)]
     return pd.DataFrame(table, index=pd.Index(np.unique(epochs), name="epoch"))
+
+
+def fall_over_training(per_epoch: pd.DataFrame, key: str) -> pd.Series:
+    """How many times smaller `key` is at each run's last epoch than at its first, averaged over seeds: one
+    value per variant, from per-epoch rows with 'variant', 'seed', 'epoch' and `key` (an epochs.csv)."""
+    ordered = per_epoch.sort_values("epoch").groupby(["variant", "seed"], sort=False)[key]
+    return (ordered.first() / ordered.last()).groupby(level="variant", sort=False).mean()

@@ -361,6 +361,14 @@ def smaller_than(row, bound: float) -> str:
     return "unresolved"
 
 
+def below(value: float, holds_below: float, fails_from: float) -> str:
+    """A prediction of 'small' read from one measured value: 'holds' below `holds_below`, 'fails' at or
+    above `fails_from`, 'unresolved' in between."""
+    if not holds_below <= fails_from:
+        raise ValueError(f"holds_below ({holds_below}) must not exceed fails_from ({fails_from})")
+    return "holds" if value < holds_below else "fails" if value >= fails_from else "unresolved"
+
+
 def best_rate(runs: pd.DataFrame, rate_of: dict[str, float], floor: float) -> float | None:
     """The rate whose variants have the highest mean R@1 over `runs` (rows with 'variant' and 'R@1'),
     each variant mapped to its rate by `rate_of`: a search that favours none of the variants trained at
