@@ -18,14 +18,13 @@ from pathlib import Path
 import pandas as pd
 
 from pnca_utils import analysis
-from pnca_utils.experiments.ablation import Variant, run_grid, write_summary
+from pnca_utils.experiments.ablation import Variant, grid_fixed, run_grid, write_summary
 from pnca_utils.experiments.runs import cached_fit, run_key
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "regimes"
 FAST_PROXIES = HERE.parent / "fast-proxies"
 SEEDS = 5
-FIXED = dict(eval_split="val", threads=1, eval_every=20)  # what run_grid fixes at size 'converged' (20 epochs)
 TOLERANCE = 0.5  # R@1 points, as tests/test_committed_runs.py
 REGIMES = {  # regime: (its overrides, the folder and variant whose runs are the included arm)
     "paper rates": (dict(lr=4e-3, proxy_lr=4e2), FAST_PROXIES, "paper rates, proxies 4e2"),
@@ -44,6 +43,11 @@ def variants() -> list[Variant]:
     return grid
 
 
+def fixed() -> dict:
+    """The config values the grid fixes for every run (validation classes, run_grid's threads and evaluation)."""
+    return grid_fixed(variants(), "converged", eval_split="val")
+
+
 def shared_rows() -> pd.DataFrame:
     """The included arms' rows from the folders that trained them, renamed to this grid's variants;
     each key is checked against this grid's own config for that seed."""
@@ -53,7 +57,7 @@ def shared_rows() -> pd.DataFrame:
         runs = pd.read_csv(folder / "runs.csv")
         runs = runs[runs["variant"] == source]
         for seed in range(SEEDS):
-            key = run_key(included[f"{regime}, included"].config("converged", seed, **FIXED))
+            key = run_key(included[f"{regime}, included"].config("converged", seed, **fixed()))
             match = runs[runs["key"] == key]
             if len(match) != 1:
                 raise SystemExit(f"{folder}/runs.csv has no run {key} ({source}, seed {seed}): train it first")
@@ -66,7 +70,7 @@ def main(jobs: int = 2) -> int:
     if not (OUT / "runs.csv").exists():
         shared_rows().to_csv(OUT / "runs.csv", index=False)
     grid = variants()
-    runs = run_grid(grid, "converged", SEEDS, OUT, "build/runs", jobs=jobs, eval_split="val")
+    runs = run_grid(grid, "converged", SEEDS, OUT, "build/runs", jobs=jobs, **fixed())
     write_summary(runs, grid, OUT)
     return 0
 
@@ -76,7 +80,7 @@ def records(jobs: int = 2) -> int:
     every run's mean embedding-gradient norm per epoch to regimes/epochs.csv."""
     grid = variants()
     included = [v for v in grid if v.kind == "full"]
-    retrained = run_grid(included, "converged", SEEDS, OUT / "retrained", "build/runs", jobs=jobs, eval_split="val")
+    retrained = run_grid(included, "converged", SEEDS, OUT / "retrained", "build/runs", jobs=jobs, **fixed())
     copied = pd.read_csv(OUT / "runs.csv").set_index(["variant", "seed"])["R@1"]
     again = retrained.set_index(["variant", "seed"])["R@1"]
     gap = (again - copied.reindex(again.index)).abs()
@@ -86,7 +90,7 @@ def records(jobs: int = 2) -> int:
     epochs = []
     for variant in grid:
         for seed in range(SEEDS):
-            history = cached_fit(variant.config("converged", seed, **FIXED), root="build/runs", progress=False).history
+            history = cached_fit(variant.config("converged", seed, **fixed()), root="build/runs", progress=False).history
             per_epoch = analysis.step_means_per_epoch(history, ["grad_embeddings"]).reset_index()
             epochs.append(per_epoch.assign(variant=variant.name, seed=seed))
     pd.concat(epochs)[["variant", "seed", "epoch", "grad_embeddings"]].to_csv(OUT / "epochs.csv", index=False)
