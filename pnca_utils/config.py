@@ -10,12 +10,24 @@ GENERATED = ("embedded", "embedded-many")  # made from scikit-learn's digits (pn
 METHODS = ("proxynca", "nca", "triplet", "npair", "hdml-triplet", "hdml-npair")
 # what HDML's J_avg averages: the mean-reduced real loss, or the same summed over its tuples (pnca_utils.hdml)
 HDML_JAVG = ("mean", "sum")
+GRADIENT_SIZES = ("own", "included", "excluded")
 SIZES = ("ci", "default", "full")  # the book's compute budgets (see SIZE_PRESETS)
 PAPER_SIZE = "paper"  # make_config's size for the paper's own settings on a real data set (see DATA_PRESETS)
 
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field and what is allowed."""
+
+
+def _check_gradient_size(config: "Config") -> None:
+    """proxy_gradient_size rescales a proxynca loss to the other rule's size, so only that rule's name is valid."""
+    if config.proxy_gradient_size == "own":
+        return
+    other = "included" if not config.positive_in_denominator else "excluded"
+    if config.method != "proxynca" or config.proxy_gradient_size != other:
+        raise ConfigError(f"proxy_gradient_size={config.proxy_gradient_size!r} rescales a proxynca loss to the other "
+                          f"rule's size: here only 'own' or {other!r} (method {config.method!r}, "
+                          f"positive_in_denominator={config.positive_in_denominator})")
 
 
 def _is_number(value, low: float, strict: bool = False) -> bool:
@@ -46,6 +58,9 @@ class Config:
     method: str = "proxynca"
     temperature: float = 1 / 9
     positive_in_denominator: bool = True
+    # diagnostic only: 'included' scales the excluded loss to the included one's gradient size, 'excluded'
+    # the included loss to the excluded one's (losses.assignment_factor; results/diagnostics/proxy-assignment)
+    proxy_gradient_size: str = "own"
     margin: float = 0.2
     # HDML (methods hdml-triplet, hdml-npair; see pnca_utils.hdml). Defaults: the official code's flag
     # defaults (wzzheng/HDML FLAGS.py), which are its Cars196 values; per-data-set values and every
@@ -89,7 +104,7 @@ class Config:
         choices = {"dataset": DATASETS, "method": METHODS, "arch": ("small_cnn", "resnet18", "resnet50"),
                    "pooling": ("max", "avg"), "sampler": ("balanced", "random"),
                    "lr_schedule": ("none", "step", "cosine"), "eval_split": ("test", "val"),
-                   "hdml_javg": HDML_JAVG}
+                   "hdml_javg": HDML_JAVG, "proxy_gradient_size": GRADIENT_SIZES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -125,6 +140,7 @@ class Config:
         for name in ("amp", "skip_bad_images"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_gradient_size(self)
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.sampler == "balanced" and self.batch_size % self.images_per_class:

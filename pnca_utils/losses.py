@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "proxy_nca_loss",
+    "assignment_factor",
     "nca_loss",
     "triplet_loss_terms",
     "triplet_loss",
@@ -167,15 +168,38 @@ def proxy_nca_loss(
             f"least 2 proxies, got {num_classes}"
         )
     labels = _check_labels(labels, embeddings.shape[0], num_classes)
+    return _proxy_nca_per_image(embeddings, labels, proxies, temperature, positive_in_denominator).mean()
 
+
+def _proxy_nca_per_image(embeddings, labels, proxies, temperature: float, positive_in_denominator: bool):
+    """`proxy_nca_loss` of each image, (B,), for checked inputs."""
     x = F.normalize(embeddings, dim=1)
     cosine = _ProxyCosine.apply(x, proxies)  # x . p / |p|: the proxies are never copied normalised
     logits = -(2.0 - 2.0 * cosine).clamp_min(0.0) / temperature  # -||x - p||^2 / T for unit x, p; (B, C)
     positive_logit = logits.gather(1, labels[:, None]).squeeze(1)
     if not positive_in_denominator:
-        is_positive = F.one_hot(labels, num_classes).bool()
+        is_positive = F.one_hot(labels, proxies.shape[0]).bool()
         logits = logits.masked_fill(is_positive, float("-inf"))
-    return (torch.logsumexp(logits, dim=1) - positive_logit).mean()
+    return torch.logsumexp(logits, dim=1) - positive_logit
+
+
+def assignment_factor(embeddings: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    r"""The batch mean of 1 - p_y, where p_y is each image's softmax probability of its own proxy over
+    all proxies (the included loss's), detached: a scalar that carries no gradient.
+
+    Per image, the included loss's gradient is the excluded one's times 1 - p_y (chapter 02). So the
+    excluded batch loss times this factor has the included loss's gradient size with every image weighted
+    alike, and the included batch loss divided by it has the included weighting at the excluded loss's
+    size (the step-size design of results/diagnostics/proxy-assignment; `Config.proxy_gradient_size`).
+    """
+    _check_positive_number(temperature, "temperature")
+    _check_matrix(embeddings, "embeddings")
+    _check_matrix(proxies, "proxies")
+    labels = _check_labels(labels, embeddings.shape[0], proxies.shape[0])
+    with torch.no_grad():
+        included = _proxy_nca_per_image(embeddings, labels, proxies, temperature, True)
+        return (1.0 - torch.exp(-included)).mean()
 
 
 # --------------------------------------------------------------------------- #

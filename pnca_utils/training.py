@@ -95,7 +95,11 @@ def _recall_at_1(model: nn.Module, data: RetrievalData, device: str = "cpu") -> 
 def _loss(config: Config, emb: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor | None) -> torch.Tensor:
     """The configured metric loss of one batch."""
     if config.method == "proxynca":
-        return losses.proxy_nca_loss(emb, labels, proxies, config.temperature, config.positive_in_denominator)
+        loss = losses.proxy_nca_loss(emb, labels, proxies, config.temperature, config.positive_in_denominator)
+        if config.proxy_gradient_size == "own":
+            return loss
+        factor = losses.assignment_factor(emb, labels, proxies, config.temperature)
+        return loss * factor if config.proxy_gradient_size == "included" else loss / factor
     if config.method == "nca":
         return losses.nca_loss(emb, labels, config.temperature)
     if config.method == "triplet":

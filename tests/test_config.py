@@ -75,6 +75,16 @@ def test_invalid_values_name_the_field(overrides, field):
         make_config("proxynca++", "ci", **overrides)
 
 
+def test_proxy_gradient_size_only_gives_a_proxy_loss_the_other_rules_size():
+    assert make_config("proxynca++", "ci", proxy_gradient_size="excluded").proxy_gradient_size == "excluded"
+    assert make_config("proxynca", "ci", proxy_gradient_size="included").proxy_gradient_size == "included"
+    for preset, size in [("proxynca++", "included"), ("proxynca", "excluded"), ("triplet", "included")]:
+        with pytest.raises(ConfigError, match="proxy_gradient_size"):
+            make_config(preset, "ci", proxy_gradient_size=size)
+    with pytest.raises(ConfigError, match="proxy_gradient_size='largest' is not one of own, included, excluded"):
+        make_config("proxynca++", "ci", proxy_gradient_size="largest")
+
+
 def test_npair_needs_two_images_per_class():
     assert make_config("npair", "ci").images_per_class == 2
     with pytest.raises(ConfigError, match="images_per_class=2"):

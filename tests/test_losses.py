@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pnca_utils.losses import (
+    assignment_factor,
     nca_loss,
     npair_loss,
     npair_loss_from_batch,
@@ -200,6 +201,32 @@ def test_proxy_nca_matches_naive_value_and_grad(seed, positive_in_denominator, t
     n_emb, n_prox = finite_diff_grads(ref, [_lists(emb), _lists(proxies)])
     assert_close(g_emb, n_emb, atol=1e-7)
     assert_close(g_prox, n_prox, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_assignment_factor_is_the_naive_mean_of_one_minus_p_y(seed):
+    emb, proxies, labels = rand(6, 4, seed=seed), rand(5, 4, seed=seed + 100), rand_labels(6, 5, seed)
+    factor = assignment_factor(emb, labels, proxies, 1 / 9)
+    p_y = [math.exp(-naive_proxy_nca([x], [y], _lists(proxies), 1 / 9, True))
+           for x, y in zip(_lists(emb), labels.tolist())]
+    assert_close(factor.item(), sum(1 - p for p in p_y) / len(p_y), atol=1e-12)
+    assert not factor.requires_grad  # a scale, never a path for the gradient
+
+
+def test_assignment_factor_gives_each_rule_the_others_size_on_identical_images():
+    # Four copies of one image: every p_y is the same, so the included gradient is exactly the excluded
+    # one times the factor, and the included one divided by it is exactly the excluded one.
+    emb = rand(1, 4, seed=3).detach().repeat(4, 1).requires_grad_(True)
+    proxies, labels = rand(5, 4, seed=4), torch.tensor([2, 2, 2, 2])
+    factor = assignment_factor(emb, labels, proxies, 1 / 9)
+    assert 0 < factor.item() < 1
+    excluded = library_grads(proxy_nca_loss(emb, labels, proxies, 1 / 9) * factor, (emb, proxies))
+    included = library_grads(proxy_nca_loss(emb, labels, proxies, 1 / 9, True), (emb, proxies))
+    for a, b in zip(excluded, included):
+        assert_close(a, b, atol=1e-12)
+    rescaled = library_grads(proxy_nca_loss(emb, labels, proxies, 1 / 9, True) / factor, (emb, proxies))
+    for a, b in zip(rescaled, library_grads(proxy_nca_loss(emb, labels, proxies, 1 / 9), (emb, proxies))):
+        assert_close(a, b, atol=1e-12)
 
 
 def test_proxy_nca_hand_computed():

@@ -249,3 +249,18 @@ def test_progress_bars_follow_tqdm_disable(env, shown, module):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TQDM_DISABLE": env},
                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     assert out == str([shown, False])  # the last line: outside a kernel the notebook bar falls back to stdout
+
+
+@pytest.mark.parametrize("positive_in, size", [(False, "included"), (True, "excluded")])
+def test_a_rescaled_proxy_loss_is_its_loss_times_or_over_the_assignment_factor(positive_in, size):
+    from pnca_utils import losses
+
+    g = torch.Generator().manual_seed(0)
+    emb, proxies, labels = torch.randn(8, 16, generator=g), torch.randn(4, 16, generator=g), torch.arange(8) % 4
+    config = tiny_config(positive_in_denominator=positive_in, proxy_gradient_size=size)
+    own = losses.proxy_nca_loss(emb, labels, proxies, config.temperature, positive_in)
+    factor = losses.assignment_factor(emb, labels, proxies, config.temperature)
+    expected = own * factor if size == "included" else own / factor
+    assert training._loss(config, emb, labels, proxies).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert training._loss(tiny_config(positive_in_denominator=positive_in), emb, labels, proxies).item() == own.item()
+
