@@ -161,6 +161,25 @@ def grid_fixed(variants: list[Variant], size: str, **fixed) -> dict:
     return fixed
 
 
+def shared_rows(table: str | Path, names: dict[str, str], variants: list[Variant], size: str, seeds: int,
+                **fixed) -> pd.DataFrame:
+    """Another grid's rows for variants of this grid that are the same configs, so that they need not train
+    again: for each {this grid's variant: its name in `table` (a runs.csv)}, the row of every seed whose run
+    key is this variant's own config's (with `grid_fixed(variants, size, **fixed)`), renamed.
+    Raises ConfigError naming the first run `table` lacks."""
+    runs, by_name = pd.read_csv(table), {v.name: v for v in variants}
+    fixed = grid_fixed(variants, size, **fixed)
+    rows = []
+    for name, source in names.items():
+        for seed in range(seeds):
+            key = run_key(by_name[name].config(size, seed, **fixed))
+            match = runs[(runs["variant"] == source) & (runs["key"] == key)]
+            if len(match) != 1:
+                raise ConfigError(f"{table} has no run {key} ({source!r}, seed {seed}) for {name!r}: train it first")
+            rows.append(match.assign(variant=name))
+    return pd.concat(rows, ignore_index=True)
+
+
 def run_grid(variants: list[Variant], size: str, seeds: int, out: str | Path, runs_root: str | Path | None = None,
              data=None, progress: bool = True, jobs: int = 1, scheduler: str | None = None, **fixed) -> pd.DataFrame:
     """Train every variant for seeds 0..seeds-1; rows go to `out/runs.csv` as runs finish.
