@@ -88,12 +88,12 @@ reproduce: setup
 	$(PY) results/diagnostics/hdml/measurements.py
 	$(MAKE) diagnostics
 
-# The diagnostics of results/diagnostics; each resumes. About 18.5 hours of run time summed
+# The diagnostics of results/diagnostics; each resumes. About 19 hours of run time summed
 # over the runs (image scale 5 min, proxy assignment 1.5 h, fast proxies 1.6 h, its proxy-rate sweep about
-# 2.3 h, its many-class design 3 h, the proxy-assignment follow-up about 2 h after those (its included
-# arms are fast proxies' runs, retrained once for their records), balanced batches 1.5 h for ProxyNCA++
-# and about 3.5 h for the triplet loss, HDML's J_avg switch about 3 h), so about 9.5 hours on 2 cores
-# with JOBS=2.
+# 2.3 h, its many-class design 3 h, the proxy-assignment follow-ups about 2.5 h after those (their
+# included arms are fast proxies' runs, retrained once for their records), balanced batches 1.5 h for
+# ProxyNCA++ and about 3.5 h for the triplet loss, HDML's J_avg switch about 3 h), so about 10 hours on
+# 2 cores with JOBS=2.
 diagnostics: setup
 	$(PY) results/diagnostics/image-scale/run.py
 	$(PY) results/diagnostics/proxy-assignment/run.py $(JOBS)
@@ -105,6 +105,7 @@ diagnostics: setup
 	$(PY) results/diagnostics/fast-proxies/run_many.py $(JOBS)
 	$(PY) results/diagnostics/proxy-assignment/run_regimes.py $(JOBS)
 	$(PY) results/diagnostics/proxy-assignment/run_regimes.py records $(JOBS)
+	$(PY) results/diagnostics/proxy-assignment/run_step_size.py $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py triplet-search $(JOBS)
 	$(PY) results/diagnostics/balanced-batches/run.py triplet $(JOBS)

@@ -294,3 +294,22 @@ def test_below_reads_a_value_against_its_two_thresholds(value, expected):
 def test_below_refuses_thresholds_the_wrong_way_round():
     with pytest.raises(ValueError, match="must not exceed"):
         ablation.below(5, 20, 10)
+
+
+def test_shared_rows_copies_another_grids_runs_of_the_same_config_renamed(tmp_path):
+    from pnca_utils.experiments.runs import run_key
+
+    ours = [Variant("mine", "full", overrides={"epochs": 2}), Variant("warm", "removal", removed=("low temperature",),
+                                                                     overrides={"epochs": 2})]
+    fixed = ablation.grid_fixed(ours, "ci")
+    keys = [run_key(ours[0].config("ci", seed, **fixed)) for seed in (0, 1)]
+    other = run_key(ours[1].config("ci", 0, **fixed))
+    pd.DataFrame({"variant": ["theirs", "theirs", "theirs", "other"], "seed": [0, 1, 2, 0], "R@1": [50.0, 60.0, 70.0, 1.0],
+                  "key": [keys[0], keys[1], "unrelated", other]}).to_csv(tmp_path / "runs.csv", index=False)
+    rows = ablation.shared_rows(tmp_path / "runs.csv", {"mine": "theirs"}, ours, "ci", 2)
+    assert rows[["variant", "seed", "R@1"]].values.tolist() == [["mine", 0, 50.0], ["mine", 1, 60.0]]
+    with pytest.raises(ConfigError, match="no run .* seed 2"):  # the third row is another config's run
+        ablation.shared_rows(tmp_path / "runs.csv", {"mine": "theirs"}, ours, "ci", 3)
+    with pytest.raises(ConfigError, match="'warm'"):  # the same key under another name is not this variant's
+        ablation.shared_rows(tmp_path / "runs.csv", {"warm": "theirs"}, ours, "ci", 1)
+

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from pnca_utils import analysis
-from pnca_utils.experiments.ablation import Variant, grid_fixed, run_grid, write_summary
-from pnca_utils.experiments.runs import cached_fit, run_key
+from pnca_utils.experiments.ablation import Variant, grid_fixed, run_grid, shared_rows, write_summary
+from pnca_utils.experiments.runs import cached_fit
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "regimes"
@@ -48,27 +48,17 @@ def fixed() -> dict:
     return grid_fixed(variants(), "converged", eval_split="val")
 
 
-def shared_rows() -> pd.DataFrame:
-    """The included arms' rows from the folders that trained them, renamed to this grid's variants;
-    each key is checked against this grid's own config for that seed."""
-    rows = []
-    included = {v.name: v for v in variants() if v.kind == "full"}
-    for regime, (_, folder, source) in REGIMES.items():
-        runs = pd.read_csv(folder / "runs.csv")
-        runs = runs[runs["variant"] == source]
-        for seed in range(SEEDS):
-            key = run_key(included[f"{regime}, included"].config("converged", seed, **fixed()))
-            match = runs[runs["key"] == key]
-            if len(match) != 1:
-                raise SystemExit(f"{folder}/runs.csv has no run {key} ({source}, seed {seed}): train it first")
-            rows.append(match.assign(variant=f"{regime}, included"))
-    return pd.concat(rows, ignore_index=True)
+def included_rows() -> pd.DataFrame:
+    """The included arms' rows from the folders that trained them (same configs, by run key), renamed."""
+    return pd.concat([shared_rows(folder / "runs.csv", {f"{regime}, included": source}, variants(), "converged", SEEDS,
+                                  eval_split="val") for regime, (_, folder, source) in REGIMES.items()],
+                     ignore_index=True)
 
 
 def main(jobs: int = 2) -> int:
     OUT.mkdir(exist_ok=True)
     if not (OUT / "runs.csv").exists():
-        shared_rows().to_csv(OUT / "runs.csv", index=False)
+        included_rows().to_csv(OUT / "runs.csv", index=False)
     grid = variants()
     runs = run_grid(grid, "converged", SEEDS, OUT, "build/runs", jobs=jobs, **fixed())
     write_summary(runs, grid, OUT)
