@@ -313,3 +313,13 @@ def test_shared_rows_copies_another_grids_runs_of_the_same_config_renamed(tmp_pa
     with pytest.raises(ConfigError, match="'warm'"):  # the same key under another name is not this variant's
         ablation.shared_rows(tmp_path / "runs.csv", {"warm": "theirs"}, ours, "ci", 1)
 
+
+@pytest.mark.parametrize("delta, expected", [
+    ((5.0, 1.0, 9.0), "holds"),         # the whole interval above 0
+    ((0.0, -2.0, 2.0), "fails"),        # at the bound: not larger
+    ((-1.0, -3.0, 1.0), "fails"),
+    ((2.0, -1.0, 5.0), "unresolved"),   # above 0, but the interval reaches it
+])
+def test_larger_than_reads_the_interval_against_the_bound(delta, expected):
+    assert ablation.larger_than({"Δ R@1": delta[0], "Δ low": delta[1], "Δ high": delta[2]}, 0.0) == expected
+

@@ -380,6 +380,12 @@ def smaller_than(row, bound: float) -> str:
     return "unresolved"
 
 
+def larger_than(row, bound: float) -> str:
+    """A prediction of 'Δ larger than `bound`', read as `smaller_than` reads its mirror image: 'holds' when
+    the whole 95 % interval lies above `bound`, 'fails' when the point estimate is at or below it."""
+    return smaller_than({"Δ R@1": -row["Δ R@1"], "Δ high": -row["Δ low"]}, -bound)
+
+
 def below(value: float, holds_below: float, fails_from: float) -> str:
     """A prediction of 'small' read from one measured value: 'holds' below `holds_below`, 'fails' at or
     above `fails_from`, 'unresolved' in between."""
