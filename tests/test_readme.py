@@ -75,6 +75,9 @@ def _claims() -> list[str]:
     regime = {name.split(",")[0]: (_signed(regimes.loc[name, "Δ R@1"]), _signed(regimes.loc[name, "Δ low"]),
                                    _signed(regimes.loc[name, "Δ high"]))
               for name in ("paper rates, excluded", "many classes, excluded")}
+    step = pd.read_csv(diagnostic / "step-size" / "ablation.csv").set_index("variant")
+    step_claim = {v: (_signed(step.loc[v, "Δ R@1"]), _signed(step.loc[v, "Δ low"]), _signed(step.loc[v, "Δ high"]))
+                  for v in ("included at the excluded size", "excluded at the included size")}
     regime_fall = analysis.fall_over_training(pd.read_csv(diagnostic / "regimes" / "epochs.csv"), "grad_embeddings")
     triplet = pd.read_csv(ROOT / "results" / "diagnostics" / "balanced-batches" / "triplet" / "ablation.csv")
     triplet_drop = triplet.set_index("variant")["Δ R@1"]
@@ -111,6 +114,8 @@ def _claims() -> list[str]:
         "with 1,100 classes ({}, interval {} to {})".format(*regime["many classes"]),
         f"falls {regime_fall['paper rates, included']:.1f}-fold at the paper's rates and\n  "
         f"{regime_fall['many classes, included']:.1f}-fold with many classes",
+        "size gains\n  {} (interval {} to {})".format(*step_claim["included at the excluded size"]),
+        "size {} (interval\n  {} to {})".format(*step_claim["excluded at the included size"]),
         f"Bonferroni's level for the grid's {int(grid['Δ R@1'].notna().sum())} comparisons",
         f"removing fast proxies changes validation R@1 by {_signed(slow_paper['Δ R@1'])} (interval "
         f"{_signed(slow_paper['Δ low'])} to\n  {_signed(slow_paper['Δ high'])}), while the backbone's rate alone moves it "
